@@ -1,9 +1,6 @@
 """Packaging for mlkit, read from settings.ini (classic nbdev 2 layout)."""
 from configparser import ConfigParser
 import setuptools, shlex
-from packaging.version import parse as parse_version
-
-assert parse_version(setuptools.__version__) >= parse_version('36.2')
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')

@@ -1,0 +1,65 @@
+"""The repository is consistent: generated code and README match their notebooks, notebooks are clean, params files validate."""
+import filecmp, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import ROOT, BIN
+
+PARAMS_SCHEMA = {"train": "train", "ci": "train", "tune": "tune", "promote": "promote", "monitor": "monitor"}
+
+
+def _copy_project(dst: Path):
+    for name in ("settings.ini", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, dst / name)
+    shutil.copytree(ROOT / "nbs", dst / "nbs", symlinks=True, ignore=shutil.ignore_patterns("mlruns", "mlflow.db", ".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "mlkit", dst / "mlkit", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def test_export_changes_nothing(tmp_path):
+    _copy_project(tmp_path)
+    subprocess.run([str(BIN / "nbdev_export")], cwd=tmp_path, check=True, capture_output=True)
+    generated = sorted(p.name for p in (tmp_path / "mlkit").glob("*.py"))
+    assert "core.py" in generated and "cli.py" in generated
+    _, mismatch, errors = filecmp.cmpfiles(ROOT / "mlkit", tmp_path / "mlkit", generated, shallow=False)
+    assert not mismatch and not errors, f"mlkit/ differs from the notebooks for {mismatch + errors}: run nbdev_export and commit"
+
+
+def test_notebooks_are_clean(tmp_path):
+    _copy_project(tmp_path)
+    subprocess.run([str(BIN / "nbdev_clean")], cwd=tmp_path, check=True, capture_output=True)
+    nbs = sorted(p.relative_to(ROOT / "nbs") for p in (ROOT / "nbs").rglob("*.ipynb") if ".ipynb_checkpoints" not in str(p))
+    dirty = [str(p) for p in nbs if (ROOT / "nbs" / p).read_bytes() != (tmp_path / "nbs" / p).read_bytes()]
+    assert not dirty, f"notebooks not clean: {dirty}; run nbdev_clean and commit"
+
+
+def test_readme_is_current(tmp_path):
+    out = subprocess.run([str(BIN / "jupyter"), "nbconvert", "--to", "markdown", "--stdout", str(ROOT / "nbs" / "index.ipynb")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (ROOT / "README.md").read_text().strip(), "README.md is stale: regenerate it from nbs/index.ipynb (see README)"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_params_files_validate(path):
+    from mlkit.config import load_params
+    pipeline = PARAMS_SCHEMA.get(path.stem)
+    assert pipeline, f"params/{path.name} has no known pipeline: add it to PARAMS_SCHEMA"
+    load_params(pipeline, path)
+    comments = sum(1 for line in path.read_text().splitlines() if line.strip().startswith("#"))
+    keys = sum(1 for line in path.read_text().splitlines() if line.strip() and not line.strip().startswith("#") and ":" in line)
+    assert comments >= keys * 0.6, f"params/{path.name}: document every field with a comment"
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs" / "pipelines").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_pipeline_parameters_cover_schema(nb):
+    import papermill as pm
+    from mlkit.config import SCHEMAS, get_schema
+    declared = pm.inspect_notebook(str(nb))
+    assert "mlflow_run_id" in declared, f"{nb.name}: the parameters cell must declare mlflow_run_id = None"
+    if nb.stem in SCHEMAS:
+        missing = set(get_schema(nb.stem).model_fields) - set(declared)
+        assert not missing, f"{nb.name}: parameters cell lacks {sorted(missing)}"
+
+
+def test_import_is_light():
+    code = "import sys, mlkit, mlkit.cli; bad = [m for m in ('nbdev', 'jupyterlab', 'mlflow', 'pandas', 'papermill') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"import mlkit / mlkit.cli pulled in {out}"

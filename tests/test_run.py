@@ -1,0 +1,192 @@
+"""`mlkit run`: the train pipeline through papermill into a real MLflow store, a foreign CSV, and every bad input of issue 2."""
+import json, sqlite3
+from pathlib import Path
+import numpy as np, pandas as pd
+import pytest
+from conftest import ROOT, run_mlkit
+
+CI = ROOT / "params" / "ci.yaml"
+
+
+def _runs(store_dir):
+    "(run_id, status) of every run in the SQLite store in `store_dir`."
+    db = Path(store_dir) / "mlflow.db"
+    if not db.exists(): return []
+    with sqlite3.connect(db) as con:
+        return con.execute("select run_uuid, status from runs").fetchall()
+
+
+def test_train_demo_records_everything(trained_store):
+    import mlflow
+    from mlflow import MlflowClient
+    mlflow.set_tracking_uri(trained_store["uri"])
+    c = MlflowClient()
+    out = trained_store["stdout"]
+    assert "FINISHED" in out and "test_roc_auc" in out and "mlflow ui --backend-store-uri" in out
+    run = c.get_run(trained_store["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.estimator"] == "hist_gradient_boosting" and run.data.params["data.n_rows"] == "1500"
+    for m in ("test_roc_auc", "test_pr_auc", "test_accuracy", "cv_roc_auc_mean", "cv_roc_auc_std"):
+        assert m in run.data.metrics, f"missing metric {m}: {sorted(run.data.metrics)}"
+    assert 0.6 < run.data.metrics["test_roc_auc"] <= 1.0
+    tags = run.data.tags
+    for t in ("mlkit.git_commit", "mlkit.git_dirty", "mlkit.params_hash", "mlkit.data_fingerprint", "mlkit.version", "mlkit.seed", "mlkit.pipeline", "mlkit.packages"):
+        assert tags.get(t), f"missing lineage tag {t}"
+    assert tags["mlkit.pipeline"] == "train" and tags["mlkit.seed"] == "0"
+    arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"notebook", "plots", "data"} <= arts, arts
+    plots = {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "plots")}
+    assert {"confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png"} <= plots, plots
+    assert [a.path for a in c.list_artifacts(run.info.run_id, "notebook")] == ["notebook/train.ipynb"]
+    assert "quality_report.json" in {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "data")}
+    mv = c.get_model_version("credit", "1")
+    assert mv.run_id == run.info.run_id
+    from mlkit.tracking import load_model_meta, load_sklearn_model
+    meta = load_model_meta("models:/credit/1")
+    assert meta["signature"] and meta["schema"]["target"] == "default" and meta["task"] == "binary" and meta["profile"]
+    model = load_sklearn_model("models:/credit/1")
+    assert hasattr(model, "predict_proba")
+
+
+def test_executed_notebook_holds_outputs(trained_store):
+    import mlflow
+    mlflow.set_tracking_uri(trained_store["uri"])
+    path = mlflow.artifacts.download_artifacts(run_id=trained_store["run_id"], artifact_path="notebook/train.ipynb")
+    nb = json.loads(Path(path).read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert injected and trained_store["run_id"] in "".join(injected[0]["source"])
+    assert any(o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+
+
+def test_foreign_csv_trains_with_only_a_params_file(tmp_path):
+    rng = np.random.default_rng(7)
+    n = 600
+    df = pd.DataFrame({"Sepal Width (cm)": rng.normal(3, 0.5, n), "colour": rng.choice(["red", "green", "blue", None], n),
+                       "count": rng.integers(0, 50, n), "flag": rng.choice([True, False], n),
+                       "when": pd.date_range("2020-01-01", periods=n, freq="D").astype(str)})
+    df["Churned?"] = np.where(df["Sepal Width (cm)"] + (df.colour == "red") + rng.normal(0, 0.5, n) > 3.3, "yes", "no")
+    df.loc[rng.choice(n, 30), "count"] = np.nan
+    df.to_csv(tmp_path / "customers.csv", index=False)
+    (tmp_path / "p.yaml").write_text("data:\n  source: customers.csv\n  target: Churned?\n  task: binary\n")
+    r = run_mlkit("run", "train", "-p", "p.yaml", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert r.returncode == 0, r.stderr
+    assert "FINISHED" in r.stdout and "test_roc_auc" in r.stdout
+    assert [s for _, s in _runs(tmp_path)] == ["FINISHED"]
+
+
+def test_regression_csv_trains(tmp_path):
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"x1": rng.normal(size=400), "x2": rng.choice(list("abc"), 400)})
+    df["price"] = 3 * df.x1 + (df.x2 == "a") + rng.normal(0, 0.1, 400)
+    df.to_parquet(tmp_path / "houses.parquet")
+    (tmp_path / "p.yaml").write_text("data: {source: houses.parquet, target: price, task: regression}\nmodel: {estimator: ridge}\n")
+    r = run_mlkit("run", "train", "-p", "p.yaml", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert r.returncode == 0, r.stderr
+    assert "test_rmse" in r.stdout and "test_r2" in r.stdout
+
+
+# --- bad input: a clear message, a non-zero exit, and no run left RUNNING ----------------------------------------------
+
+def _frame(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.choice(["x", "y"], n), "y": rng.integers(0, 2, n)})
+
+
+def _write(tmp_path, name, df=None, text=None):
+    p = tmp_path / name
+    if text is not None: p.write_text(text)
+    else: df.to_csv(p, index=False)
+    return name
+
+
+BAD = {
+    # name: (setup(tmp) -> extra args, expected message fragment, pre_kernel)
+    "missing params file": (lambda t: ["-p", "nope.yaml"], "params file 'nope.yaml' not found", True),
+    "yaml syntax error": (lambda t: ["-p", _write(t, "bad.yaml", text="data:\n  source: [oops\n")], "not valid YAML at line", True),
+    "unknown key": (lambda t: ["--set", "data.sorce=x.csv"], "unknown key 'data.sorce' — did you mean 'source'?", True),
+    "wrong type": (lambda t: ["--set", "evaluate.cv_folds=three"], "'evaluate.cv_folds': Input should be a valid integer", True),
+    "unknown estimator": (lambda t: ["--set", "model.estimator=xgboosted"], "xgboosted", False),
+    "data file missing": (lambda t: ["--set", "data.source=missing.csv", "--set", "data.target=y"], "missing.csv", False),
+    "target column missing": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame())}", "--set", "data.target=label"], "label", False),
+    "single class": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().assign(y=1))}", "--set", "data.target=y"], "single class", False),
+    "empty data": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', text='a,b,y\n')}", "--set", "data.target=y"], "empty", False),
+    "text in numeric column": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().astype({'a': object}).assign(a=lambda d: d.a.where(d.index != 5, 'abc')))}",
+                                          "--set", "data.target=y"], "'a'", False),
+    "all-NaN column": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().assign(c=np.nan))}", "--set", "data.target=y"], "'c'", False),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input(case, tmp_path):
+    setup, fragment, pre_kernel = BAD[case]
+    args = setup(tmp_path)
+    r = run_mlkit("run", "train", *args, "--set", "data.n_rows=300", cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}) if "-p" not in args else \
+        run_mlkit("run", "train", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert r.returncode != 0
+    assert fragment in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    err_lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(err_lines) == 1, r.stderr
+    runs = _runs(tmp_path)
+    if pre_kernel: assert runs == [], "no run may be created for a params mistake"
+    else: assert [s for _, s in runs] == ["FAILED"], runs
+
+
+def test_failed_run_keeps_partial_notebook(tmp_path):
+    import mlflow
+    r = run_mlkit("run", "train", "--set", "data.source=missing.csv", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert r.returncode == 1
+    [(run_id, status)] = _runs(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert status == "FAILED" and "DataError" in run.data.tags["mlkit.error"]
+    nb = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="notebook/train.ipynb")).read_text())
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors and errors[0]["ename"] == "DataError"
+
+
+def _notebook(cells, tagged=True):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "mlkit", "display_name": "mlkit", "language": "python"}
+    for i, src in enumerate(cells):
+        c = nbformat.v4.new_code_cell(src)
+        if i == 0 and tagged: c.metadata["tags"] = ["parameters"]
+        nb.cells.append(c)
+    return nbformat.writes(nb)
+
+
+def test_notebook_without_parameters_cell(tmp_path):
+    (tmp_path / "mine.ipynb").write_text(_notebook(["x = 1", "print(x)"], tagged=False))
+    r = run_mlkit("run", "mine.ipynb", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert r.returncode == 2 and "has no cell tagged 'parameters'" in r.stderr, r.stderr
+    assert _runs(tmp_path) == []
+
+
+def test_notebook_cell_that_raises(tmp_path):
+    (tmp_path / "mine.ipynb").write_text(_notebook(["n = 2\nmlflow_run_id = None", "print('ok', n)", "raise ValueError(f'boom {n}')", "print('never')"]))
+    r = run_mlkit("run", "mine.ipynb", "--set", "n=5", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert r.returncode == 1
+    assert "raised ValueError: boom 5" in r.stderr, r.stderr
+    assert [s for _, s in _runs(tmp_path)] == ["FAILED"]
+
+
+def test_generic_notebook_parameter_checks(tmp_path):
+    (tmp_path / "mine.ipynb").write_text(_notebook(["n = 2\nmlflow_run_id = None", "print(n)"]))
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    r = run_mlkit("run", "mine.ipynb", "--set", "m=5", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "unknown parameter 'm'" in r.stderr
+    r = run_mlkit("run", "mine.ipynb", "--set", "n=five", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "parameter 'n' expects int" in r.stderr
+    r = run_mlkit("run", "mine.ipynb", "--set", "n=7", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "FINISHED" in r.stdout, r.stderr
+
+
+def test_help_is_fast():
+    import time, subprocess
+    from conftest import mlkit_cmd
+    for sub in ([], ["run"], ["serve"], ["tune"], ["monitor"]):
+        t0 = time.perf_counter()
+        subprocess.run(mlkit_cmd(*sub, "--help"), check=True, capture_output=True)
+        assert time.perf_counter() - t0 < 2.0  # a loose guard; bench/bench_cli.py measures it properly
