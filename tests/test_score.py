@@ -1,0 +1,102 @@
+"""`mlkit score`: files larger than a chunk, bad rows set aside, bounded memory, the same answers on a Dask LocalCluster."""
+import json, os, subprocess, tracemalloc
+from pathlib import Path
+import numpy as np, pandas as pd
+import pytest
+from conftest import mlkit_cmd
+from test_serve import NAME, train_and_log
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("score")
+    uri = f"sqlite:///{d}/mlflow.db"
+    old, cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri; os.chdir(d)
+    try:
+        from mlkit import data as md
+        m, v, _ = train_and_log()
+        X = md.make_credit_data(20_000, seed=7).drop(columns=["application_date", "default"])
+        yield {"dir": d, "uri": uri, "model": m, "version": v, "X": X, "env": {**os.environ, "MLFLOW_TRACKING_URI": uri}}
+    finally:
+        os.chdir(cwd)
+        if old is None: os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else: os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def score(store, *args):
+    return subprocess.run(mlkit_cmd("score", "--model", f"models:/{NAME}@champion", *args), cwd=store["dir"], env=store["env"],
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_cli_scores_a_parquet_file_larger_than_a_chunk(store, tmp_path):
+    X = store["X"].copy()
+    X.loc[[3, 4_321], "age"] = np.nan  # age had no missing values in training: these rows are set aside
+    X.to_parquet(tmp_path / "in.parquet", row_group_size=2_000)
+    r = score(store, "--input", tmp_path / "in.parquet", "--output", tmp_path / "out.parquet", "--chunksize", 2_000)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert (summary["rows"], summary["scored"], summary["rejected"], summary["model_version"]) == (20_000, 19_998, 2, store["version"])
+    assert "rows/s" in r.stderr or "rows" in r.stderr  # the progress bar goes to stderr
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    good = X.drop(index=[3, 4_321])
+    assert out["row"].tolist() == good.index.tolist() and out["id"].tolist() == good["id"].tolist()
+    assert out["prediction"].tolist() == store["model"].predict(good.drop(columns="id")).tolist()
+    np.testing.assert_allclose(out["proba_1"], store["model"].predict_proba(good.drop(columns="id"))[:, 1])
+    assert set(out["model_version"]) == {store["version"]} and set(out["model_name"]) == {NAME}
+    bad = pd.read_csv(tmp_path / "out.rejected.csv")
+    assert bad["row"].tolist() == [3, 4_321]
+    assert bad["error"].tolist() == ["column 'age': null is not allowed (the training data had no missing values here)"] * 2
+
+
+def test_csv_with_text_in_a_numeric_column(store, tmp_path):
+    from mlkit.serve import load_served_model
+    from mlkit.score import score_file
+    X = store["X"].head(3_000).astype({"debt_ratio": object})
+    X.loc[2_500, "debt_ratio"] = "twelve"
+    X.to_csv(tmp_path / "in.csv", index=False)
+    s = score_file(load_served_model(f"models:/{NAME}@champion"), tmp_path / "in.csv", tmp_path / "out.csv", chunksize=1_000, progress=False)
+    assert (s["scored"], s["rejected"]) == (2_999, 1)
+    assert pd.read_csv(s["rejected_file"])["error"].tolist() == ["column 'debt_ratio': expected a finite number, got 'twelve'"]
+    out = pd.read_csv(tmp_path / "out.csv")
+    good = store["X"].head(3_000).drop(index=[2_500])
+    assert out["prediction"].tolist() == store["model"].predict(good.drop(columns="id")).tolist()
+
+
+def test_peak_memory_is_bounded_by_the_chunk_size(store, tmp_path):
+    from mlkit.serve import ServedModel
+    from mlkit.score import score_file
+    from mlkit import data as md
+    m = ServedModel(store["model"], schema=md.infer_schema(store["X"].assign(default=0), target="default", id_column="id"), name=NAME, version="x")
+    store["X"].to_csv(tmp_path / "in.csv", index=False)  # pandas' chunked CSV reader allocates through numpy: tracemalloc sees it all
+    peaks = {}
+    for chunk in (1_000, 10_000):
+        tracemalloc.start()
+        score_file(m, tmp_path / "in.csv", tmp_path / f"out{chunk}.parquet", chunksize=chunk, progress=False)
+        peaks[chunk] = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
+    assert peaks[1_000] < peaks[10_000] / 3, peaks
+    assert peaks[1_000] < store["X"].memory_usage(deep=True).sum(), peaks  # less than holding the whole input
+
+
+def test_dask_local_cluster_gives_the_same_answers(store, tmp_path):
+    X = store["X"].head(6_000).astype({"income": object})
+    X.loc[5_000, "income"] = "lots"
+    X.to_csv(tmp_path / "in.csv", index=False)
+    r = score(store, "--input", tmp_path / "in.csv", "--output", tmp_path / "out.parquet", "--engine", "dask", "--chunksize", 500)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["rows"], s["scored"], s["rejected"]) == (6_000, 5_999, 1)
+    out = pd.read_parquet(tmp_path / "out.parquet").sort_values("row")
+    good = store["X"].head(6_000).drop(index=[5_000])
+    assert out["row"].tolist() == good.index.tolist()
+    assert out["prediction"].tolist() == store["model"].predict(good.drop(columns="id")).tolist()
+    bad = pd.read_csv(tmp_path / "out.rejected.csv")
+    assert bad["row"].tolist() == [5_000] and "column 'income': expected a finite number, got 'lots'" in bad["error"][0]
+
+
+def test_missing_column_stops_before_scoring(store, tmp_path):
+    store["X"].head(100).drop(columns="age").to_csv(tmp_path / "in.csv", index=False)
+    r = score(store, "--input", tmp_path / "in.csv", "--output", tmp_path / "out.csv")
+    assert r.returncode == 2
+    assert "input has no column(s) ['age'] that the model needs" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.csv").exists() or pd.read_csv(tmp_path / "out.csv").empty
