@@ -1,0 +1,249 @@
+"""Monitoring correctness with fixed seeds: false-alarm rate on unshifted batches, detection of covariate/prior/concept shift,
+exactness of the tests against scipy on raw samples, and bad input. CLI/pipeline tests are at the end of the file."""
+import json, time
+import numpy as np, pandas as pd, pytest
+from scipy.stats import ks_2samp, chi2_contingency, false_discovery_control
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import Pipeline
+
+from mlkit.core import MonitorError
+from mlkit.data import make_credit_data, infer_schema
+from mlkit.evaluate import compute_metrics
+from mlkit.features import make_preprocessor
+from mlkit.profile import make_profile
+from mlkit.monitor import MonitorParams, adjust_pvalues, check_batch, compare_categorical, compare_numeric, drift_report
+
+NOT_FEATURES = ("default", "id", "application_date")
+
+
+@pytest.fixture(scope="module")
+def world():
+    "A model trained on the credit demo, its holdout metrics and its reference profile (predictions profiled on the holdout)."
+    df = make_credit_data(5000, seed=0)
+    schema = infer_schema(df, target="default", time_column="application_date")
+    feats = [c for c in df.columns if c not in NOT_FEATURES]
+    tr, te = df.iloc[:4000], df.iloc[4000:]
+    model = Pipeline([("preprocess", make_preprocessor(schema)),
+                      ("estimator", HistGradientBoostingClassifier(max_iter=50, random_state=0))]).fit(tr[feats], tr["default"])
+    profile = make_profile(tr[feats], schema=schema, model=model, X_pred=te[feats], target=tr["default"])
+    holdout = {f"test_{k}": v for k, v in compute_metrics(model, te[feats], te["default"], task="binary").items()}
+    return dict(model=model, profile=profile, holdout=holdout, feats=feats, train=tr)
+
+
+def report(world, batch, labels=True):
+    return drift_report(batch, world["profile"], model=world["model"], y=batch["default"] if labels else None,
+                        task="binary", holdout_metrics=world["holdout"])
+
+
+def test_false_alarms_on_200_unshifted_batches(world):
+    "200 batches of 1,000 rows from the training distribution (labels included): the default thresholds alert in at most 5 %."
+    pool = make_credit_data(200_000, seed=1)
+    proba = world["model"].predict_proba(pool[world["feats"]])            # one vectorized prediction pass for all batches
+    t0, alerts = time.perf_counter(), []
+    for i in range(200):
+        sl = slice(i * 1000, (i + 1) * 1000)
+        b = pool.iloc[sl]
+        r = drift_report(b, world["profile"], predictions=proba[sl], y=b["default"], task="binary", holdout_metrics=world["holdout"])
+        alerts.append(r.drifted)
+    rate = np.mean([bool(a) for a in alerts])
+    print(f"false-alarm rate {rate:.3f} ({sum(map(bool, alerts))}/200) in {time.perf_counter() - t0:.1f} s:", [a for a in alerts if a])
+    assert rate <= 0.05
+    assert "roc_auc" in set(r.table["feature"]) and "target" in set(r.table["feature"])   # performance and target were tested
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_covariate_shift_alerts_and_names_the_shifted_features(world, seed):
+    b = make_credit_data(2000, seed=seed, shift="covariate")
+    r = report(world, b, labels=False)
+    assert r.verdict == "alert" and r.exit_code == 3
+    assert {"age", "income", "debt_ratio", "prediction"} <= set(r.drifted), r.drifted
+    assert not {"sex", "region", "purpose"} & set(r.drifted), r.drifted          # untouched features stay quiet
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_prior_shift_shows_as_prediction_and_target_drift(world, seed):
+    b = make_credit_data(2000, seed=seed, shift="prior")
+    assert "prediction" in report(world, b, labels=False).drifted
+    r = report(world, b)
+    assert {"prediction", "target"} <= set(r.drifted), r.drifted
+    assert not r.flagged("alert", role="performance")                          # P(y|x) unchanged: the model still ranks well
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_concept_drift_shows_as_performance_decay_once_labels_arrive(world, seed):
+    b = make_credit_data(2000, seed=seed, shift="concept")
+    assert not report(world, b, labels=False).alert                           # inputs and predictions look the same
+    r = report(world, b)
+    assert r.flagged("alert", role="performance") == ["roc_auc"], r.table.query("role == 'performance'")
+    perf = r.table.query("role == 'performance'").iloc[0]
+    assert perf["cur"] < perf["ref"] * 0.9
+
+
+def test_no_shift_at_zero_strength_is_healthy(world):
+    b = make_credit_data(2000, seed=11, shift="covariate", shift_strength=0.0)
+    assert not report(world, b).alert
+
+
+def test_ks_and_chi2_match_scipy_on_raw_samples(world):
+    tr, prof = world["train"], world["profile"]["columns"]
+    b = make_credit_data(1500, seed=3, shift="covariate")
+    for col in ("n_open_accounts", "credit_history_months"):                   # discrete: exact
+        r = compare_numeric(b[col], prof[col])
+        k = ks_2samp(tr[col].dropna(), b[col].dropna())
+        assert r["statistic"] == pytest.approx(k.statistic, abs=1e-12)
+        assert r["p_value"] == pytest.approx(k.pvalue, rel=0.05, abs=1e-12)
+    for col in ("income", "debt_ratio"):                                       # continuous: within one grid step (1/500)
+        r = compare_numeric(b[col], prof[col])
+        assert abs(r["statistic"] - ks_2samp(tr[col].dropna(), b[col].dropna()).statistic) <= 1 / 500
+    r = compare_categorical(b["housing"], prof["housing"])
+    t = np.vstack([r["curve"]["ref_bins"], r["curve"]["cur_bins"]])
+    assert r["p_value"] == pytest.approx(chi2_contingency(t[:, t.sum(0) > 0], correction=False).pvalue, rel=1e-6)
+
+
+def test_multiple_testing_corrections():
+    p = np.random.default_rng(0).random(30) ** 4
+    np.testing.assert_allclose(adjust_pvalues(p, "fdr_bh"), false_discovery_control(p))
+    np.testing.assert_allclose(adjust_pvalues(p, "bonferroni"), np.minimum(p * 30, 1))
+    holm = adjust_pvalues(p, "holm")
+    assert (holm >= p).all() and (holm <= np.minimum(p * 30, 1) + 1e-15).all()
+    assert np.isnan(adjust_pvalues([0.1, np.nan], "holm")[1])
+
+
+def test_feature_overrides_and_correction_change_the_verdict(world):
+    b = make_credit_data(2000, seed=7, shift="covariate")
+    base = report(world, b, labels=False)
+    quiet = drift_report(b, world["profile"], model=world["model"],
+                         params=MonitorParams(features={"age": {"ignore": True}, "income": {"d_min": 1, "psi_alert": 99}}))
+    assert "age" in base.drifted and "age" not in set(quiet.table["feature"])
+    assert "income" in base.drifted and "income" not in quiet.drifted
+    strict = drift_report(b, world["profile"], model=world["model"], params=MonitorParams(thresholds={"d_min": 1, "psi_alert": 99}))
+    assert strict.drifted == []
+
+
+def test_profile_is_json_and_small_for_20_features():
+    X = pd.DataFrame(np.random.default_rng(2).lognormal(size=(50_000, 20)), columns=[f"x{i}" for i in range(20)])
+    prof = make_profile(X, schema={"columns": {c: {"kind": "numeric"} for c in X}}, predictions=X["x0"].to_numpy())
+    assert len(json.dumps(prof)) < 200_000
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda b: b.iloc[:0], "batch is empty"),
+    (lambda b: b.drop(columns=["income", "region"]), r"missing columns \['income', 'region'\]"),
+    (lambda b: b.assign(income=b["income"].astype(str)), "'income' should be numeric but is"),
+    (lambda b: b.iloc[:10], "fewer than min_rows=100"),
+])
+def test_bad_batches_are_clear_errors(world, mutate, match):
+    b = make_credit_data(500, seed=5)
+    with pytest.raises(MonitorError, match=match): drift_report(mutate(b), world["profile"])
+
+
+def test_model_without_profile_is_a_clear_error():
+    with pytest.raises(MonitorError, match="no reference profile"): check_batch(make_credit_data(200, seed=1), None)
+
+
+# ---------------------------------------------------------------------------------------------------------------------------
+# `mlkit monitor` end to end: the real train pipeline's model (conftest.trained_store), papermill, MLflow, a local webhook receiver.
+
+import http.server, threading
+from pathlib import Path
+from conftest import run_mlkit
+
+
+class _Receiver:
+    "A real HTTP server on 127.0.0.1 collecting POSTed JSON bodies."
+    def __init__(self):
+        got = self.got = []
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))); self.send_response(200); self.end_headers()
+            def log_message(self, *a): pass
+        self.srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_port}/alert"
+        self.t = threading.Thread(target=self.srv.serve_forever, daemon=True); self.t.start()
+    def close(self): self.srv.shutdown(); self.srv.server_close()
+
+
+def _write_log(folder, df, *, minutes_ago=0, version="1"):
+    "Prediction-log files in mlkit.serve's format: the inputs plus prediction, score, model_name, model_version, timestamp, request_id."
+    folder.mkdir(exist_ok=True)
+    ts = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=minutes_ago)
+    log = df.drop(columns=["default"]).assign(prediction=0, score=0.1, model_name="credit", model_version=version,
+                                             timestamp=ts, request_id=[f"r{i}" for i in range(len(df))])
+    log.to_parquet(folder / f"predictions-{minutes_ago:06d}-1-00000.parquet")
+
+
+def _run(uri, run_id):
+    from mlflow import MlflowClient
+    import mlflow; mlflow.set_tracking_uri(uri)
+    c = MlflowClient()
+    return c.get_run(run_id), c
+
+
+def test_cli_from_log_alerts_exit_3_names_features_logs_report_and_posts_webhook(trained_copy):
+    d = trained_copy["dir"]
+    _write_log(d / "plog", make_credit_data(300, seed=21), minutes_ago=600)              # old, unshifted: outside --since
+    _write_log(d / "plog", make_credit_data(400, seed=22, shift="covariate"), minutes_ago=1)
+    rec = _Receiver()
+    try:
+        r = run_mlkit("monitor", "--model", "models:/credit/1", "--from-log", d / "plog", "--since", "2h", "--webhook", rec.url, cwd=d)
+    finally: rec.close()
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "verdict: ALERT — 400 rows" in r.stdout
+    for f in ("income", "debt_ratio", "prediction"): assert f in r.stdout.split("alerts:")[1].splitlines()[0], r.stdout
+    assert rec.got and rec.got[0]["verdict"] == "alert" and "income" in rec.got[0]["alerts"] and rec.got[0]["model_version"] == "1"
+    run_id = r.stdout.split("monitor run ")[1].split()[0]
+    run, c = _run(trained_copy["uri"], run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlkit.monitor.verdict"] == "alert"
+    assert run.data.metrics["monitor_n_alerts"] >= 3 and "drift_income_ks_distance" in run.data.metrics
+    arts = {a.path for a in c.list_artifacts(run_id, "monitor")}
+    assert {"monitor/report.html", "monitor/verdict.json", "monitor/plots"} <= arts, arts
+    assert any(a.path.endswith("income.png") for a in c.list_artifacts(run_id, "monitor/plots"))
+    assert [a.path for a in c.list_artifacts(run_id, "notebook")] == ["notebook/monitor.ipynb"]
+
+
+def test_cli_unshifted_batch_exits_0(trained_copy):
+    d = trained_copy["dir"]
+    make_credit_data(800, seed=23).to_parquet(d / "batch.parquet")
+    r = run_mlkit("monitor", "--model", "models:/credit/1", "--input", "batch.parquet", cwd=d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verdict: HEALTHY" in r.stdout or "verdict: WARN" in r.stdout
+
+
+@pytest.mark.parametrize("make, args, match", [
+    (lambda d: make_credit_data(50, seed=1).iloc[:0].to_csv(d / "b.csv", index=False), ["--input", "b.csv"], "no rows"),
+    (lambda d: (d / "plog").mkdir() or (d / "plog" / "predictions-1.parquet").write_text("garbage"), ["--from-log", "plog"], "cannot read the prediction log in 'plog'"),
+    (lambda d: None, ["--input", "nope.csv"], "input file 'nope.csv' not found"),
+    (lambda d: None, [], "give exactly one batch"),
+])
+def test_cli_bad_input_is_a_clear_error_not_0_or_3(trained_copy, make, args, match):
+    import re
+    d = trained_copy["dir"]; make(d)
+    r = run_mlkit("monitor", "--model", "models:/credit/1", *args, cwd=d)
+    assert r.returncode not in (0, 3), r.stdout
+    assert re.search(match, r.stderr), r.stderr
+
+
+def test_model_without_profile_is_refused(trained_copy):
+    import mlflow
+    from mlkit import tracking
+    from mlkit.monitor import load_monitored_model
+    meta = tracking.load_model_meta("models:/credit/1")
+    model = tracking.load_sklearn_model("models:/credit/1")
+    X = make_credit_data(50, seed=2)[list(meta["profile"]["columns"])]
+    with mlflow.start_run() as run:
+        tracking.log_model(model, X_sample=X, schema=meta["schema"], task=meta["task"], profile=None)
+    with pytest.raises(MonitorError, match="has no reference profile"): load_monitored_model(f"runs:/{run.info.run_id}/model")
+
+
+def test_cli_retrain_on_alert_goes_through_the_gate(trained_copy):
+    "Concept drift with labels: the alert fires (performance), the train pipeline runs on the labelled data, the gate decides."
+    d = trained_copy["dir"]
+    make_credit_data(1500, seed=31, shift="concept").to_csv(d / "labelled.csv", index=False)
+    r = run_mlkit("monitor", "--model", "models:/credit/1", "--input", "labelled.csv", "--retrain", "--labels", "labelled.csv",
+                  "--set", f"train_params={Path(__file__).parents[1] / 'params' / 'ci.yaml'}", cwd=d)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "roc_auc" in r.stdout.split("alerts:")[1].splitlines()[0]
+    assert "retrained: run " in r.stdout and ("PROMOTED to champion" in r.stdout or "REFUSED by the gate" in r.stdout), r.stdout
+    from mlflow import MlflowClient
+    versions = {str(v.version) for v in MlflowClient().search_model_versions("name='credit'")}
+    assert "2" in versions
