@@ -99,6 +99,7 @@ def _write(tmp_path, name, df=None, text=None):
     return name
 
 
+EMPTY_CSV = "a,b,y\n"
 BAD = {
     # name: (setup(tmp) -> extra args, expected message fragment, pre_kernel)
     "missing params file": (lambda t: ["-p", "nope.yaml"], "params file 'nope.yaml' not found", True),
@@ -109,7 +110,7 @@ BAD = {
     "data file missing": (lambda t: ["--set", "data.source=missing.csv", "--set", "data.target=y"], "missing.csv", False),
     "target column missing": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame())}", "--set", "data.target=label"], "label", False),
     "single class": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().assign(y=1))}", "--set", "data.target=y"], "single class", False),
-    "empty data": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', text='a,b,y\n')}", "--set", "data.target=y"], "empty", False),
+    "empty data": (lambda t: ["--set", "data.source=" + _write(t, "d.csv", text=EMPTY_CSV), "--set", "data.target=y"], "empty", False),
     "text in numeric column": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().astype({'a': object}).assign(a=lambda d: d.a.where(d.index != 5, 'abc')))}",
                                           "--set", "data.target=y"], "'a'", False),
     "all-NaN column": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().assign(c=np.nan))}", "--set", "data.target=y"], "'c'", False),
