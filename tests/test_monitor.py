@@ -201,6 +201,19 @@ def test_cli_from_log_alerts_exit_3_names_features_logs_report_and_posts_webhook
     assert [a.path for a in c.list_artifacts(run_id, "notebook")] == ["notebook/monitor.ipynb"]
 
 
+def test_cli_failed_webhook_warns_on_stderr_and_still_exits_3(trained_copy):
+    "QA: a webhook nobody listens on → one `warning: webhook POST to <url> failed: <reason>` line on stderr; the alert exit code stays 3."
+    d = trained_copy["dir"]
+    make_credit_data(400, seed=24, shift="covariate").to_parquet(d / "shifted.parquet")
+    url = "http://127.0.0.1:1/hook"
+    r = run_mlkit("monitor", "--model", "models:/credit/1", "--input", "shifted.parquet", "--webhook", url, cwd=d)
+    assert r.returncode == 3, r.stdout + r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.startswith("warning: webhook")]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: webhook POST to {url} failed: ") and "refused" in lines[0].lower(), r.stderr
+    run, _ = _run(trained_copy["uri"], r.stdout.split("monitor run ")[1].split()[0])
+    assert run.data.tags["mlkit.monitor.webhook"] == "failed" and run.data.tags["mlkit.monitor.webhook_error"] in lines[0]
+
+
 def test_cli_unshifted_batch_exits_0(trained_copy):
     d = trained_copy["dir"]
     make_credit_data(800, seed=23).to_parquet(d / "batch.parquet")
@@ -214,6 +227,7 @@ def test_cli_unshifted_batch_exits_0(trained_copy):
     (lambda d: (d / "plog").mkdir() or (d / "plog" / "predictions-1.parquet").write_text("garbage"), ["--from-log", "plog"], "cannot read the prediction log in 'plog'"),
     (lambda d: None, ["--input", "nope.csv"], "input file 'nope.csv' not found"),
     (lambda d: None, [], "give exactly one batch"),
+    (lambda d: None, ["--since", "24h"], "--since 24h needs --from-log"),
 ])
 def test_cli_bad_input_is_a_clear_error_not_0_or_3(trained_copy, make, args, match):
     import re

@@ -83,6 +83,22 @@ def test_runs_lists_both(store, client):
     assert r.stdout.splitlines()[1].startswith(store["runs"][best][:8])
 
 
+def test_runs_plot_into_a_new_folder_and_limit_must_be_positive(store, client, capsys):
+    "QA: --plot into a missing folder creates it; an unwritable path, --limit 0 and --limit -3 are one-line errors (exit 2)."
+    from mlkit.cli import main
+    assert main(["runs", "--experiment", "ci", "--plot", "new/sub/runs.png"]) == 0, capsys.readouterr().err
+    assert (store["dir"] / "new" / "sub" / "runs.png").stat().st_size > 1000
+    (store["dir"] / "afile").write_text("x")
+    capsys.readouterr()
+    assert main(["runs", "--experiment", "ci", "--plot", "afile/x.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the plot to 'afile/x.png'") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for n in ("0", "-3"):
+        assert main(["runs", "--experiment", "ci", "--limit", n]) == 2
+        out = capsys.readouterr()
+        assert f"error: --limit must be a whole number of runs ≥ 1, got {n}" in out.err and out.out == "", out
+
+
 def test_promote_refuse_force_rollback_history(store, client, capsys):
     """The whole story. The first promotion and the history go through the console script; the moves in between call the same
     `mlkit.cli.main` in-process (a process start costs seconds of imports on a busy machine)."""
