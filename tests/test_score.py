@@ -100,3 +100,37 @@ def test_missing_column_stops_before_scoring(store, tmp_path):
     assert r.returncode == 2
     assert "input has no column(s) ['age'] that the model needs" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out.csv").exists() or pd.read_csv(tmp_path / "out.csv").empty
+
+
+# ---------------------------------------------------------------- QA regressions
+def test_output_that_is_the_input_is_refused_and_the_input_kept(store, tmp_path):
+    store["X"].head(50).to_csv(tmp_path / "same.csv", index=False)
+    before = (tmp_path / "same.csv").read_bytes()
+    for out in ("same.csv", "./same.csv"):
+        r = subprocess.run(mlkit_cmd("score", "--model", f"models:/{NAME}@champion", "--input", "same.csv", "--output", out),
+                           cwd=tmp_path, env=store["env"], capture_output=True, text=True, timeout=180)
+        assert r.returncode == 2, r.stderr
+        assert "is the same file as --input" in r.stderr and "Traceback" not in r.stderr
+        assert (tmp_path / "same.csv").read_bytes() == before
+
+
+def test_failed_run_keeps_the_previous_output(store, tmp_path):
+    (tmp_path / "out.csv").write_text("previous results\n")
+    for garbage, why in ((bytes(range(256)) * 64, "ParserError"), (b"age,sex\n\xff\xfe,1\n", "UnicodeDecodeError")):
+        (tmp_path / "garbage.csv").write_bytes(garbage)
+        r = score(store, "--input", tmp_path / "garbage.csv", "--output", tmp_path / "out.csv")
+        assert r.returncode == 2, r.stderr
+        assert "error: cannot read input" in r.stderr and why in r.stderr and "Traceback" not in r.stderr
+        assert (tmp_path / "out.csv").read_text() == "previous results\n"
+    assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
+
+
+def test_runs_uri_model_is_named_by_its_uri(store, tmp_path):
+    import mlflow
+    run_id = mlflow.MlflowClient().get_model_version(NAME, store["version"]).run_id
+    store["X"].head(50).to_csv(tmp_path / "in.csv", index=False)
+    r = subprocess.run(mlkit_cmd("score", "--model", f"runs:/{run_id}/model", "--input", tmp_path / "in.csv", "--output", tmp_path / "o.csv"),
+                       cwd=store["dir"], env=store["env"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert f"scoring with runs:/{run_id}/model" in r.stderr and "None" not in r.stderr
+    assert json.loads(r.stdout)["model_uri"] == f"runs:/{run_id}/model"

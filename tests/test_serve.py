@@ -311,3 +311,26 @@ def test_bad_model_uri_is_a_one_line_error(store):
                        env={**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "no registered model 'credti'" in r.stderr and "did you mean 'credit'" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- QA regressions
+def test_deeply_nested_json_is_a_400_and_the_server_stays_up(server):
+    import httpx
+    c = httpx.Client(base_url=server["url"], headers={**server["auth"], "Content-Type": "application/json"}, timeout=10)
+    deep = b"[" * 5000 + b"]" * 5000
+    for path, body in (("/invocations", deep), ("/predict", b'{"records": ' + deep + b"}"),
+                       ("/invocations", b'{"dataframe_records": ' + deep + b"}")):
+        r = c.post(path, content=body)
+        assert r.status_code == 400, (path, r.text)
+        assert "nested too deeply" in r.json()["message"]
+    assert c.get("/ready").json()["ready"] is True
+
+
+@pytest.mark.parametrize("flags,text", [(["--port", "70000"], "--port must be a TCP port between 1 and 65535, got 70000"),
+                                        (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is not an address")])
+def test_bad_port_or_host_fails_before_loading_the_model(tmp_path, flags, text):
+    # the model URI does not exist: an error about it would mean the model was loaded before the address was checked
+    r = subprocess.run(mlkit_cmd("serve", "--model", "models:/nothing@champion", *flags), cwd=tmp_path,
+                       env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert text in r.stderr and "Traceback" not in r.stderr and "nothing" not in r.stderr
