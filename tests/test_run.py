@@ -54,7 +54,7 @@ def test_executed_notebook_holds_outputs(trained_store):
     path = mlflow.artifacts.download_artifacts(run_id=trained_store["run_id"], artifact_path="notebook/train.ipynb")
     nb = json.loads(Path(path).read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
-    assert injected and "model_name = 'credit'" in "".join(injected[0]["source"])
+    assert injected and 'model_name = "credit"' in "".join(injected[0]["source"])
     outputs = json.dumps([c.get("outputs", []) for c in nb["cells"] if c["cell_type"] == "code"])
     assert trained_store["run_id"] in outputs, "the executed notebook shows the run it logged to"
 
