@@ -8,7 +8,7 @@ if __name__ == "__main__":
     d = tempfile.mkdtemp(prefix="bench-log-")
     os.chdir(d)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
-    import mlflow
+    import mlflow, skops.io as sio
     from mlkit import data, models, tracking
     df = data.make_credit_data(5000, seed=0)
     schema = data.infer_schema(df, target="default", id_column="id")
@@ -24,7 +24,7 @@ if __name__ == "__main__":
         with mlflow.start_run():
             t0 = time.perf_counter()
             mlflow.sklearn.log_model(model, name="model", serialization_format="skops", input_example=X.head(5),
-                                     skops_trusted_types=tracking.check_trusted(__import__("skops.io").io.get_untrusted_types(data=__import__("skops.io").io.dumps(model))))
+                                     skops_trusted_types=tracking.check_trusted(sio.get_untrusted_types(data=sio.dumps(model))))
             base.append(time.perf_counter() - t0)
     sys.path.insert(0, str(Path(__file__).parent))
     from _util import report
