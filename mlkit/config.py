@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import ConfigError, did_you_mean
 
 # %% auto #0
-__all__ = ['SCHEMAS', 'Section', 'DataParams', 'FeatureParams', 'ModelParams', 'EvalParams', 'PipelineParams', 'TrainParams',
-           'register_schema', 'get_schema', 'parse_set', 'apply_overrides', 'read_yaml', 'load_params', 'params_hash',
-           'flatten_params', 'render_params']
+__all__ = ['SCHEMAS', 'Section', 'DataParams', 'StepParams', 'FeatureParams', 'ModelParams', 'EvalParams', 'PipelineParams',
+           'TrainParams', 'register_schema', 'get_schema', 'parse_set', 'apply_overrides', 'read_yaml', 'load_params',
+           'is_import_path', 'import_object', 'params_hash', 'flatten_params', 'render_params']
 
 # %% ../nbs/01_config.ipynb #1b767f97
 class Section(BaseModel):
@@ -33,6 +33,11 @@ class DataParams(Section):
     test_size: float = Field(0.2, gt=0, lt=1, description="holdout fraction")
 
 # %% ../nbs/01_config.ipynb #8dd1caed
+class StepParams(Section):
+    path: str = Field(description="import path of a transformer class (or factory): package.module.Class or package.module:factory")
+    params: dict[str, Any] = Field({}, description="keyword arguments of the step")
+    position: Literal["before", "after"] = Field("before", description="'before': on the raw table, before the generated preprocessing (it must return a table); 'after': on the encoded matrix, before the estimator")
+
 class FeatureParams(Section):
     numeric: list[str] | None = Field(None, description="numeric feature columns; null = inferred from the data")
     categorical: list[str] | None = Field(None, description="categorical feature columns; null = inferred from the data")
@@ -41,9 +46,10 @@ class FeatureParams(Section):
     categorical_impute: Literal["most_frequent", "constant"] = Field("constant", description="'constant' puts missing values in their own category")
     max_categories: int | None = Field(30, gt=1, description="one-hot at most this many categories per column (rarer ones grouped)")
     min_frequency: float | int | None = Field(None, description="categories rarer than this (count, or fraction if < 1) are grouped as infrequent")
+    steps: list[StepParams] = Field([], description="extra pipeline steps of your own code, by import path, placed before or after the generated preprocessing, e.g. [{path: mypkg.features.AgeBands, position: before}]")
 
 class ModelParams(Section):
-    estimator: str = Field("hist_gradient_boosting", description="logistic_regression | linear_regression | ridge | random_forest | extra_trees | hist_gradient_boosting | dummy (a baseline)")
+    estimator: str = Field("hist_gradient_boosting", description="logistic_regression | linear_regression | ridge | random_forest | extra_trees | hist_gradient_boosting | dummy (a baseline), or an import path: sklearn.svm.SVC, mypkg.models:make_estimator")
     hyperparams: dict[str, Any] = Field({}, description="keyword arguments of the estimator, e.g. {max_iter: 200}")
 
 class EvalParams(Section):
@@ -120,15 +126,22 @@ def _is_str(ann) -> bool:
     return get_origin(ann) in (Union, types.UnionType) and args == [str]
 
 # %% ../nbs/01_config.ipynb #9c7a0a57
+_YAML_NULLS = ("null", "Null", "NULL", "~", "")
+
+def _allows_none(ann) -> bool:
+    "Whether a field annotated `ann` accepts None (free-form dict values always do)."
+    return ann is None or ann is type(None) or type(None) in get_args(ann)
+
 def parse_set(item:str, schema:type[BaseModel]) -> tuple[list[str], Any]:
-    "Split a `--set key=value` item into its dotted key path and a value typed by `schema`."
+    "Split a `--set key=value` item into its dotted key path and a value typed by `schema` (YAML null → None where allowed)."
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (e.g. --set model.estimator=random_forest), got '{item}'")
     path = key.strip().split(".")
     ann = _field_of(schema, path)
+    if raw.strip() in _YAML_NULLS and _allows_none(ann): return path, None
     if _is_str(ann) or (ann is not None and get_origin(ann) is Literal): return path, raw
-    try: return path, yaml.safe_load(raw) if raw != "" else None
+    try: return path, yaml.safe_load(raw)
     except yaml.YAMLError: return path, raw
 
 def apply_overrides(raw:dict, sets, schema:type[BaseModel]) -> dict:
@@ -144,11 +157,12 @@ def apply_overrides(raw:dict, sets, schema:type[BaseModel]) -> dict:
     return out
 
 # %% ../nbs/01_config.ipynb #260cad07
-def read_yaml(path:str|Path) -> dict:
+def read_yaml(path:str|Path, pipeline:str|None=None) -> dict:
     "A YAML mapping from `path`; ConfigError for a missing file, a syntax error or a non-mapping."
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"params file '{path}' not found (looked for {p.resolve()}); pass an existing YAML file with -p, e.g. -p params/train.yaml")
+        tip = f"`mlkit params {pipeline} > {p.name}` writes a documented one" if pipeline else "pass an existing YAML file with -p"
+        raise ConfigError(f"params file '{path}' not found (looked for {p.resolve()}); check the path, or {tip}")
     try: raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -175,21 +189,40 @@ def _explain(e:ValidationError, schema:type[BaseModel], origin:str) -> ConfigErr
     return ConfigError(f"invalid parameters{origin}: " + "; ".join(lines))
 
 def load_params(pipeline:str|type[BaseModel], # pipeline name ('train', 'tune', ...) or a schema class
-                path:str|Path|None=None,       # YAML params file
+                path:str|Path|dict|None=None,  # YAML params file, or a mapping of parameters
                 sets=(),                        # `key=value` overrides, dotted keys for nesting
                 **top) -> BaseModel:
-    "Resolve the parameters of `pipeline`: schema defaults < YAML file < `top` keywords < `--set` overrides."
+    "Resolve the parameters of `pipeline`: schema defaults < YAML file (or mapping) < `top` keywords < `--set` overrides."
     schema = get_schema(pipeline) if isinstance(pipeline, str) else pipeline
-    raw = read_yaml(path) if path else {}
+    if isinstance(path, dict): raw, path = json.loads(json.dumps(path, default=str)), None
+    else: raw = read_yaml(path, pipeline if isinstance(pipeline, str) else None) if path else {}
     raw.update({k: v for k, v in top.items() if v is not None})
     raw = apply_overrides(raw, sets, schema)
     try: return schema.model_validate(raw)
     except ValidationError as e: raise _explain(e, schema, f" in '{path}'" if path else "") from None
 
+# %% ../nbs/01_config.ipynb #6f1d2a91
+def is_import_path(name:str) -> bool:
+    "Whether an estimator or step name is an import path (`pkg.mod.Class` or `pkg.mod:factory`) rather than a short name."
+    return ":" in name or "." in name
+
+def import_object(path:str, *, what:str="import path"):
+    "The object at `pkg.mod.Name` or `pkg.mod:name`; ModelError naming the part that does not exist."
+    mod, sep, name = path.partition(":") if ":" in path else path.rpartition(".")
+    if not mod or not name: raise ConfigError(f"{what} '{path}' is not an import path; write package.module.Class or package.module:factory")
+    try: module = importlib.import_module(mod)
+    except ImportError as e:
+        raise ConfigError(f"{what} '{path}': cannot import module '{mod}' ({e}); install the package or fix the path") from None
+    if not hasattr(module, name):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(f"{what} '{path}': module '{mod}' has no '{name}'{did_you_mean(name, names)}")
+    return getattr(module, name)
+
 # %% ../nbs/01_config.ipynb #3adde522
-def params_hash(params:BaseModel) -> str:
+def params_hash(params:BaseModel|dict) -> str:
     "12 hex digits of the SHA-256 of the canonical JSON of the resolved parameters."
-    doc = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    d = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+    doc = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 def flatten_params(params:BaseModel|dict, prefix:str="") -> dict[str, str]:

@@ -11,9 +11,10 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from .core import ConfigError, did_you_mean
+from .config import import_object
 
 # %% auto #0
-__all__ = ['feature_columns', 'categories_as_text', 'make_preprocessor']
+__all__ = ['feature_columns', 'categories_as_text', 'make_preprocessor', 'make_steps']
 
 # %% ../nbs/04_features.ipynb #6eb16e88
 _DEFAULTS = dict(numeric=None, categorical=None, numeric_impute="median", scale=True, categorical_impute="constant",
@@ -89,3 +90,34 @@ def make_preprocessor(schema:dict, # from `mlkit.data.infer_schema`
         raise ConfigError(f"no feature columns left (schema columns: {list(schema['columns'])[:30]}); check data.drop_columns and features.numeric/categorical")
     parts = ([("num", _numeric_pipe(params), num)] if num else []) + ([("cat", _categorical_pipe(params), cat)] if cat else [])
     return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
+
+# %% ../nbs/04_features.ipynb #4c1f0a11
+def _make_step(spec:dict, where:str):
+    "One transformer from a step spec {path, params, position}."
+    obj = import_object(spec["path"], what=f"{where}.path")
+    params = dict(spec.get("params") or {})
+    if not callable(obj): raise ConfigError(f"{where}.path '{spec['path']}' is a {type(obj).__name__}, not a class or factory")
+    t = obj() if isinstance(obj, type) else obj(**params)
+    if not hasattr(t, "fit") or not (hasattr(t, "transform") or hasattr(t, "fit_transform")):
+        raise ConfigError(f"{where}.path '{spec['path']}' made a {type(t).__name__}, which has no fit/transform: not a transformer")
+    if isinstance(obj, type) and params:
+        valid = t.get_params(deep=False) if hasattr(t, "get_params") else {}
+        bad = [k for k in params if k not in valid]
+        if bad: raise ConfigError(f"{where}.params: {type(t).__name__} has no parameter '{bad[0]}'{did_you_mean(bad[0], valid)}; its parameters: {sorted(valid)}")
+        t.set_params(**params)
+    if spec.get("position", "before") == "before" and hasattr(t, "set_output"): t.set_output(transform="pandas")
+    return t
+
+# %% ../nbs/04_features.ipynb #4c1f0a12
+def make_steps(steps) -> tuple[list, list]:
+    "`features.steps` as named (name, transformer) pairs, split into those before and those after the generated preprocessing."
+    before, after, names = [], [], set()
+    for i, st in enumerate(steps or ()):
+        spec = st if isinstance(st, dict) else st.model_dump()
+        t = _make_step(spec, f"features.steps[{i}]")
+        name = base = type(t).__name__.lower()
+        k = 1
+        while name in names or name in ("preprocess", "estimator"): k += 1; name = f"{base}_{k}"
+        names.add(name)
+        (before if spec.get("position", "before") == "before" else after).append((name, t))
+    return before, after

@@ -12,9 +12,10 @@ from .config import flatten_params, params_hash
 
 # %% auto #0
 __all__ = ['LINEAGE_PACKAGES', 'MODEL_REQUIREMENTS', 'TRUSTED_PREFIXES', 'tracking_uri', 'configure', 'package_versions',
-           'git_info', 'lineage_tags', 'start_run', 'under_runner', 'finish_run', 'log_params', 'log_metrics',
-           'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted', 'log_model', 'resolve_model',
-           'load_model_meta', 'load_sklearn_model']
+           'git_info', 'lineage_tags', 'attach', 'detach', 'attached_run_id', 'under_runner', 'ensure_experiment',
+           'start_run', 'finish_run', 'log_params', 'log_metrics', 'set_tags', 'log_json', 'log_figures',
+           'pinned_requirements', 'check_trusted', 'log_model', 'resolve_model', 'load_model_meta',
+           'load_sklearn_model']
 
 # %% ../nbs/07_tracking.ipynb #b3e78177
 def tracking_uri() -> str:
@@ -65,33 +66,69 @@ def lineage_tags(*, pipeline:str, params=None, data_fingerprint:str|None=None, s
     return tags
 
 # %% ../nbs/07_tracking.ipynb #3f46d1a4
-def _experiment(name:str):
-    import mlflow
-    try: return mlflow.set_experiment(name)
-    except Exception as e:
-        raise TrackingError(f"cannot open MLflow experiment '{name}' at {tracking_uri()}: {e}; check MLFLOW_TRACKING_URI") from None
+_ATTACHED: list[str] = []   # the run `attach` made current in this process
 
-def start_run(*, pipeline:str, params=None, experiment:str|None=None, run_id:str|None=None, nested:bool=False,
-              tags:dict|None=None, run_name:str|None=None):
-    "Start (or resume, when `run_id` is given) the MLflow run of a `pipeline` execution; logs params and lineage tags (and the runner's invocation id)."
+def attach(run_id:str) -> str:
+    "Make MLflow run `run_id` this process's active run (the runner's injected first cell calls this); returns it."
     import mlflow
     configure()
-    if run_id: run = mlflow.start_run(run_id=run_id, nested=nested)
-    else:
-        exp = experiment or getattr(params, "experiment", None) or "mlkit"
-        if not nested: _experiment(exp)
-        run = mlflow.start_run(run_name=run_name, nested=nested)
-    invocation = {"mlkit.invocation": os.environ["MLKIT_INVOCATION"]} if os.environ.get("MLKIT_INVOCATION") and not nested and not run_id else {}
-    mlflow.set_tags({**lineage_tags(pipeline=pipeline, params=params), **invocation, **(tags or {})})
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        while mlflow.active_run(): mlflow.end_run()
+        mlflow.start_run(run_id=run_id)
+    _ATTACHED[:] = [run_id]
+    return run_id
+
+def detach() -> None:
+    "Forget the attached run (the runner calls this after an in-process execution); the run's status is left as it is."
+    import sys
+    _ATTACHED.clear()
+    mlflow = sys.modules.get("mlflow")
+    while mlflow is not None and mlflow.active_run(): mlflow.end_run(status="RUNNING")   # the runner sets the final status
+
+def attached_run_id() -> str|None:
+    "The run `attach` made current (the run `mlkit run` created for this execution), or None."
+    return _ATTACHED[0] if _ATTACHED else None
+
+def under_runner() -> bool:
+    "Whether this code runs inside an execution started by `mlkit run` (which then owns the run's final status)."
+    return attached_run_id() is not None
+
+# %% ../nbs/07_tracking.ipynb #3f46d1a5
+def ensure_experiment(name:str) -> str:
+    "The id of MLflow experiment `name`, created if needed (two processes creating it at once both get it)."
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    client = mlflow.MlflowClient(configure())
+    for _ in range(3):
+        try:
+            exp = client.get_experiment_by_name(name)
+            return exp.experiment_id if exp else client.create_experiment(name)
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
+                raise TrackingError(f"cannot open MLflow experiment '{name}' at {tracking_uri()}: {str(e).splitlines()[0][:200]}; "
+                                    "check MLFLOW_TRACKING_URI") from None
+    raise TrackingError(f"cannot create MLflow experiment '{name}' at {tracking_uri()}; try again")
+
+# %% ../nbs/07_tracking.ipynb #3f46d1a6
+def start_run(*, pipeline:str, params=None, experiment:str|None=None, run_id:str|None=None, nested:bool=False,
+              tags:dict|None=None, run_name:str|None=None):
+    "The MLflow run of a `pipeline` execution, active: the attached one (the runner logged params and lineage), or a new one with them."
+    import mlflow
+    configure()
+    attached = run_id or (attached_run_id() if not nested else None)
+    if attached:
+        run = mlflow.active_run() if mlflow.active_run() and mlflow.active_run().info.run_id == attached else mlflow.start_run(run_id=attached)
+        if tags: set_tags(tags)
+        return run
+    exp = experiment or getattr(params, "experiment", None) or "mlkit"
+    run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=None if nested else ensure_experiment(exp))
+    set_tags({**lineage_tags(pipeline=pipeline, params=params), **(tags or {})})
     if params is not None: log_params(params)
     return run
 
-def under_runner() -> bool:
-    "Whether this code runs in a kernel started by `mlkit run` (which then owns the run's final status)."
-    return bool(os.environ.get("MLKIT_RUNNER_OWNS_RUN"))
-
 def finish_run(status:str="FINISHED") -> None:
-    "End the active run, unless the runner owns it (`MLKIT_RUNNER_OWNS_RUN` set): the runner then ends it after saving the notebook."
+    "End the active run, unless the runner owns it: the runner ends it after attaching the executed notebook."
     import mlflow
     if mlflow.active_run() and not under_runner(): mlflow.end_run(status)
 
