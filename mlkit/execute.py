@@ -155,11 +155,12 @@ def execute_notebook(nb,                          # a NotebookNode (or a path)
 
 # %% ../nbs/08_execute.ipynb #8e0c0025
 def output_images(nb) -> dict[str, bytes]:
-    "The PNG/JPEG images shown in the outputs of executed notebook `nb`, as {'cell<N>-<k>.png': bytes}."
+    "The PNG/JPEG images shown in the outputs of executed notebook `nb`, as {'cell<N>-<k>.png': bytes} (N counts the notebook's own cells)."
     import base64
-    out = {}
-    for i, cell in enumerate(nb.cells):
-        k = 0
+    out, i = {}, -1
+    for cell in nb.cells:
+        if any(t.startswith(("injected-", "papermill-error")) for t in cell.get("metadata", {}).get("tags", [])): continue
+        i, k = i + 1, 0
         for o in cell.get("outputs", []):
             for mime, ext in (("image/png", "png"), ("image/jpeg", "jpg")):
                 if mime in o.get("data", {}):
