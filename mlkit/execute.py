@@ -79,12 +79,18 @@ def wait(self:KernelStart):
     return self.km
 
 @patch
-def stop(self:KernelStart):
-    "Shut the kernel down (at once: the run is over, whatever happened)."
+def stop(self:KernelStart, timeout:float=20.0):
+    "Shut the kernel down at once (the run is over, whatever happened); kill its process if shutting down hangs."
     self._thread.join()
-    if self.km is not None and self.km.has_kernel:
-        try: self.km.shutdown_kernel(now=True)
-        except Exception: pass   # already gone: nothing left to stop
+    km = self.km
+    if km is None or not km.has_kernel: return
+    pid = getattr(km.provisioner, "pid", None)
+    # A fresh thread has a fresh event loop: the caller's may still hold papermill's tasks of an interrupted cell.
+    t = threading.Thread(target=lambda: km.shutdown_kernel(now=True), daemon=True, name="mlkit-kernel-stop")
+    t.start(); t.join(timeout)
+    if t.is_alive() and pid:
+        try: os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError: pass
 
 # %% ../nbs/08_execute.ipynb #8e0c0015
 _SHELL = []
@@ -169,15 +175,22 @@ def output_images(nb) -> dict[str, bytes]:
     return out
 
 # %% ../nbs/08_execute.ipynb #9bb7f81f
-def summarize_error(e:BaseException, timeout:int|None=None) -> str:
-    "One line for a papermill, kernel or signal failure."
+def _cell_name(e, cells) -> str:
+    "'cell N' as the notebook was saved (N counts its own cells, from 1), with the cell's first line."
+    src = str(getattr(e, "source", "") or "")
+    n = cells.index(src) + 1 if cells and src in cells else e.exec_count or e.cell_index
+    first = next((l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith("#")), "")
+    return f"cell {n}" + (f" ({first[:60]}{'…' if len(first) > 60 else ''})" if first else "")
+
+def summarize_error(e:BaseException, timeout:int|None=None, cells=None) -> str:
+    "One line for a papermill, kernel or signal failure (`cells`: the notebook's own cell sources, to number the failed one)."
     from papermill.exceptions import PapermillExecutionError
     if isinstance(e, PapermillExecutionError):
-        cell = e.exec_count or e.cell_index
+        cell = _cell_name(e, cells)
         if e.ename in ("TimeoutError", "CellTimeoutError"):
-            return f"cell {cell} ran longer than the per-cell timeout ({timeout} s); raise --timeout or make the cell faster"
+            return f"{cell} ran longer than the per-cell timeout ({timeout} s); raise --timeout or make the cell faster"
         first = str(e.evalue).strip().splitlines()[0] if e.evalue else ""
-        return f"cell {cell} raised {e.ename}: {first}".strip()
+        return f"{cell} raised {e.ename}: {first}".strip()
     if isinstance(e, Terminated): return f"{e} (the run was stopped from outside)"
     if isinstance(e, KeyboardInterrupt): return "interrupted (Ctrl-C)"
     name = type(e).__name__

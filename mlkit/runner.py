@@ -293,14 +293,14 @@ def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, paren
     except BaseException:
         if starter: starter.stop()
         raise
-    status, error, stop = "FAILED", None, None
+    status, error, stop, own = "FAILED", None, None, [c.source for c in nb.cells]
     try:
         nb.cells.insert(0, contract_cell(run_id))
         execute_notebook(nb, out, parameters=r.inject, engine=engine, kernel=starter.wait() if starter else None, timeout=timeout,
                          cwd=os.getcwd(), progress=progress)
         status = "FINISHED"
     except BaseException as e:
-        error, status = summarize_error(e, timeout), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        error, status = summarize_error(e, timeout, own), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         if not isinstance(e, Exception): stop = e
     finally:
         if starter: starter.stop()
