@@ -69,11 +69,14 @@ def _log_holdout(X_test, y_test, target:str) -> str:
     "Keep the holdout rows (features and target) in the run as `eval/holdout.parquet`; returns their fingerprint."
     import tempfile, mlflow
     from pathlib import Path
-    frame = X_test.assign(**{target: y_test.to_numpy()}) if target not in X_test else X_test
-    fp = mdata.fingerprint_frame(frame)
+    frame = (X_test.assign(**{target: y_test.to_numpy()}) if target not in X_test else X_test).reset_index(drop=True)
     with tempfile.TemporaryDirectory() as d:
-        frame.reset_index(drop=True).to_parquet(Path(d) / "holdout.parquet", index=False)
+        try: frame.to_parquet(Path(d) / "holdout.parquet", index=False)
+        except (TypeError, ValueError):   # pyarrow refuses object columns mixing types: keep them as text
+            frame = frame.astype({c: "str" for c in frame if frame[c].dtype == object})
+            frame.to_parquet(Path(d) / "holdout.parquet", index=False)
         mlflow.log_artifact(str(Path(d) / "holdout.parquet"), "eval")
+    fp = mdata.fingerprint_frame(frame)
     tracking.set_tags({"mlkit.eval_data": "eval/holdout.parquet", "mlkit.eval_fingerprint": fp, "mlkit.target": target})
     return fp
 
