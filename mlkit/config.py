@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_config.ipynb #6b32d071
 from __future__ import annotations
-import hashlib, importlib, json, types
+import hashlib, importlib, json, re, types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 import yaml
@@ -14,7 +14,8 @@ from .core import ConfigError, did_you_mean
 # %% auto #0
 __all__ = ['SCHEMAS', 'Section', 'DataParams', 'StepParams', 'FeatureParams', 'ModelParams', 'EvalParams', 'PipelineParams',
            'TrainParams', 'register_schema', 'get_schema', 'parse_set', 'apply_overrides', 'read_yaml', 'load_params',
-           'is_import_path', 'import_object', 'params_hash', 'flatten_params', 'render_params']
+           'is_import_path', 'import_object', 'params_hash', 'flatten_params', 'secret_paths', 'secret_env',
+           'render_params']
 
 # %% ../nbs/01_config.ipynb #1b767f97
 class Section(BaseModel):
@@ -234,6 +235,19 @@ def flatten_params(params:BaseModel|dict, prefix:str="") -> dict[str, str]:
         if isinstance(v, dict) and v: out.update(flatten_params(v, key + "."))
         else: out[key] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     return out
+
+# %% ../nbs/01_config.ipynb #5ec0a002
+def secret_paths(schema:type[BaseModel], prefix:str="") -> list[str]:
+    "Dotted paths of the fields of `schema` (and its sections) marked secret."
+    out = []
+    for name, f in schema.model_fields.items():
+        if (f.json_schema_extra or {}).get("secret"): out.append(prefix + name)
+        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel): out += secret_paths(f.annotation, f"{prefix}{name}.")
+    return out
+
+def secret_env(path:str) -> str:
+    "The environment variable that carries secret field `path` to a notebook."
+    return "MLKIT_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", path).upper()
 
 # %% ../nbs/01_config.ipynb #9a935bf9
 def render_params(params:BaseModel, indent:int=0) -> str:

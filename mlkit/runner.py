@@ -109,11 +109,26 @@ class Resolved:
     inject: dict              # what papermill injects
     experiment: str
     seed: int|None = None
+    env: dict = field(default_factory=dict, repr=False)   # secret values, handed to the notebook by environment
 
     @property
     def logged(self) -> dict:
-        "Flat, masked parameters for MLflow."
-        return {k: _masked(v) for k, v in flatten_params(self.params).items()}
+        "Flat, masked parameters for MLflow (secret fields as their `${...}` reference)."
+        flat = flatten_params(self.inject["params"] if self.schema else self.params)
+        return {k: _masked(v) for k, v in flat.items()}
+
+# %% ../nbs/08b_runner.ipynb #8d7c112f
+def _hide_secrets(p) -> tuple[dict, dict]:
+    "(the params to inject, with each secret value replaced by its `${MLKIT_SECRET_...}` reference; {variable: value})."
+    from mlkit.config import secret_env, secret_paths
+    doc, env = p.model_dump(mode="json"), {}
+    for path in secret_paths(type(p)):
+        *parents, leaf = path.split(".")
+        node = doc
+        for k in parents: node = node.get(k) or {}
+        v = node.get(leaf)
+        if isinstance(v, str) and v and "${" not in v: env[secret_env(path)], node[leaf] = v, "${" + secret_env(path) + "}"
+    return doc, env
 
 # %% ../nbs/08b_runner.ipynb #8d7c1130
 def notebook_parameters(nb) -> dict:
@@ -130,7 +145,8 @@ def resolve_parameters(nb_path:Path, *, params=None, sets=(), experiment:str|Non
     if schema is not None:
         p = load_params(schema, params, sets, **({"experiment": experiment} if experiment else {}))
         if "params" not in declared: raise RunnerError(f"pipeline notebook '{nb_path}' must declare `params = {{...}}` in its parameters cell")
-        return Resolved(schema, p, {"params": p.model_dump(mode="json")}, experiment or getattr(p, "experiment", "mlkit"), getattr(p, "seed", None))
+        inject, env = _hide_secrets(p)
+        return Resolved(schema, p, {"params": inject}, experiment or getattr(p, "experiment", "mlkit"), getattr(p, "seed", None), env)
     over = _generic_params(declared, params, sets)
     if over and not declared:
         raise RunnerError(f"notebook '{nb_path}' has no cell tagged 'parameters', so nothing can be injected; tag the cell holding its "
@@ -275,9 +291,16 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
     work = Path(tempfile.mkdtemp(prefix="mlkit-run-"))
     out = Path(output_path) if output_path else work / nb_path.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    with stop_on_signals():
-        return _execute(nb_path, nb, r, engine=engine, out=out, work=work, timeout=timeout, tags=tags, parent_run_id=parent_run_id,
-                        progress=progress)
+    saved = {k: os.environ.get(k) for k in r.env}
+    os.environ.update(r.env)          # secrets reach the notebook this way only (the kernel inherits them when it starts)
+    try:
+        with stop_on_signals():
+            return _execute(nb_path, nb, r, engine=engine, out=out, work=work, timeout=timeout, tags=tags, parent_run_id=parent_run_id,
+                            progress=progress)
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 # %% ../nbs/08b_runner.ipynb #9de5f2e5
 def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, parent_run_id, progress) -> RunResult:
