@@ -7,20 +7,28 @@ from __future__ import annotations
 import sys
 
 # %% auto #0
-__all__ = ['cli_run', 'cli_params', 'cli_pipelines', 'cli_kernel']
+__all__ = ['cli_run', 'cli_reproduce', 'cli_params', 'cli_pipelines', 'cli_kernel']
 
 # %% ../nbs/15a_commands.ipynb #24b077db
 def cli_run(args) -> int:
     "`mlkit run NOTEBOOK [-p PARAMS] [--set k=v ...] [--engine kernel|inprocess]`: 0 when the run FINISHED, else 1."
     from mlkit.runner import format_result, run_notebook
     r = run_notebook(args.pipeline, params=args.params, sets=args.set, experiment=args.experiment, output_path=args.output,
-                     timeout=args.timeout, engine=getattr(args, "engine", "kernel"))
+                     timeout=args.timeout, engine=getattr(args, "engine", "kernel"), force=getattr(args, "force", False))
     if r.status != "FINISHED":
         print(f"error: notebook '{r.pipeline}' {r.status}: {r.error}", file=sys.stderr)
         print(f"run {r.run_id} is marked {r.status}; its partial executed notebook is attached (artifact notebook/)", file=sys.stderr)
         return 1
     print(format_result(r))
     return 0
+
+# %% ../nbs/15a_commands.ipynb #c0ad0013
+def cli_reproduce(args) -> int:
+    "`mlkit reproduce RUN_ID [--tolerance T]`: 0 when every metric is reproduced within the tolerance, 1 otherwise."
+    from mlkit.reproduce import format_reproduction, reproduce_run
+    x = reproduce_run(args.run_id, tolerance=args.tolerance, engine=getattr(args, "engine", "kernel"))
+    print(format_reproduction(x))
+    return 0 if x.identical else 1
 
 # %% ../nbs/15a_commands.ipynb #c0ad0010
 def cli_params(args) -> int:

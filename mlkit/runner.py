@@ -11,6 +11,7 @@ from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir
 from .config import SCHEMAS, flatten_params, load_params, params_hash, read_yaml
 from . import tracking
 from .execute import KernelStart, execute_notebook, output_images, stop_on_signals, summarize_error
+from .cache import NEVER_REUSED, find_reusable, run_key
 
 # %% auto #0
 __all__ = ['DEDICATED', 'list_pipelines', 'resolve_notebook', 'read_notebook', 'is_packaged', 'pipeline_schema', 'Resolved',
@@ -190,7 +191,7 @@ def _run_tags(nb_path:Path, r:Resolved, engine:str) -> dict:
         g = tracking.git_info(nb_path.parent)
         tags |= {"mlkit.git_commit": g["commit"], "mlkit.git_dirty": g["dirty"]}
     tags["mlkit.params_hash"] = params_hash(r.params.model_dump(mode="json") if hasattr(r.params, "model_dump") else r.params)
-    return tags | {"mlflow.source.name": str(nb_path), "mlflow.source.type": "NOTEBOOK", "mlkit.notebook": str(nb_path),
+    return tags | {"mlflow.source.name": str(nb_path), "mlflow.source.type": "NOTEBOOK", "mlkit.notebook": str(nb_path), "mlkit.cwd": os.getcwd(),
                    "mlkit.runner": "papermill", "mlkit.engine": engine, "mlkit.host": socket.gethostname(),
                    "mlkit.pid": str(os.getpid()), "mlkit.pid_start": _pid_start(os.getpid())}
 
@@ -239,6 +240,7 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
     tags: dict = field(default_factory=dict)
     experiment_id: str | None = None
+    reused: bool = False             # an earlier run with the same inputs, not a new execution
 
 def contract_cell(run_id:str):
     "The cell injected at the top of the notebook: it makes run `run_id` the active MLflow run of the execution."
@@ -279,6 +281,7 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
                  timeout:int|None=1800,         # seconds per cell
                  tags:dict|None=None,           # extra tags on the run
                  parent_run_id:str|None=None,   # make the run a child of this one
+                 force:bool=False,              # run even when a FINISHED run with the same inputs exists
                  progress:bool=False) -> RunResult:
     "Execute a notebook as one MLflow run that ends FINISHED, FAILED or KILLED with the executed notebook attached."
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
@@ -296,23 +299,31 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
     try:
         with stop_on_signals():
             return _execute(nb_path, nb, r, engine=engine, out=out, work=work, timeout=timeout, tags=tags, parent_run_id=parent_run_id,
-                            progress=progress)
+                            force=force, progress=progress)
     finally:
         for k, v in saved.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
 # %% ../nbs/08b_runner.ipynb #9de5f2e5
-def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, parent_run_id, progress) -> RunResult:
-    "Create the run, execute the notebook, record the outcome (runs inside `stop_on_signals`)."
+def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
+    "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
     import mlflow
     starter = KernelStart(log_path=work / "kernel.log") if engine == "kernel" else None
     try:
         check_before_kernel(r)
+        key, inputs = _key(nb_path, nb, r)
+        exp_id = tracking.ensure_experiment(r.experiment)
+        if key and not force and (old := find_reusable(key, exp_id)) is not None:
+            if starter: starter.stop()
+            return _reused(old, nb_path)
         try: reap_orphans()
         except Exception: pass   # best effort: never let clean-up of old runs stop a new one
-        run_id = create_run(experiment=r.experiment, run_name=f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}", tags=_run_tags(nb_path, r, engine),
+        run_tags = {**_run_tags(nb_path, r, engine), **({"mlkit.cache_key": key, "mlkit.cache_inputs": json.dumps(inputs)} if key else {})}
+        run_id = create_run(experiment=r.experiment, run_name=f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags,
                             params=r.logged, parent_run_id=parent_run_id)
+        mlflow.MlflowClient().log_dict(run_id, {"notebook": str(nb_path), "schema": r.schema, "params": r.inject,
+                                                "effective": r.inject if r.schema else r.params}, "mlkit/params.json")
     except BaseException:
         if starter: starter.stop()
         raise
@@ -336,6 +347,18 @@ def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, paren
     return RunResult(run_id, status, nb_path.stem, out if out.exists() else None, error, dict(run.data.metrics), dict(run.data.tags),
                      run.info.experiment_id)
 
+# %% ../nbs/08b_runner.ipynb #9de5f2e6
+def _key(nb_path:Path, nb, r:Resolved):
+    "(cache key, its inputs) of this execution, or (None, None) for the pipelines that are never reused."
+    if r.schema in NEVER_REUSED: return None, None
+    code = Path.cwd() if is_packaged(nb_path) else nb_path.parent
+    return run_key(nb, r.inject if r.schema else r.params, code_path=code, versions=tracking.package_versions())
+
+def _reused(run, nb_path:Path) -> RunResult:
+    "The result of an earlier run with the same inputs."
+    return RunResult(run.info.run_id, run.info.status, nb_path.stem, None, None, dict(run.data.metrics), dict(run.data.tags),
+                     run.info.experiment_id, reused=True)
+
 # %% ../nbs/08b_runner.ipynb #67534505
 def key_metrics(metrics:dict, primary:str|None=None, limit:int=8) -> dict:
     "The primary metric (holdout, then CV mean) first, then the other holdout (`test_*`) metrics, the CV means, the rest (no CV spreads)."
@@ -346,7 +369,8 @@ def key_metrics(metrics:dict, primary:str|None=None, limit:int=8) -> dict:
 def format_result(r:RunResult) -> str:
     "What `mlkit run` prints about a finished run."
     uri = _masked(tracking.tracking_uri())
-    lines = [f"run {r.run_id} {r.status} ({r.pipeline})"]
+    lines = [f"run {r.run_id} {r.status} ({r.pipeline})" + (": reused — same notebook, parameters, data files, code and environment "
+                                                             "as this earlier run (--force runs again)" if r.reused else "")]
     km = key_metrics(r.metrics, r.tags.get("mlkit.primary_metric"))
     width = max((len(k) for k in km), default=0) + 2
     for k, v in km.items():
