@@ -311,12 +311,12 @@ def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, paren
     import mlflow
     starter = KernelStart(log_path=work / "kernel.log") if engine == "kernel" else None
     try:
-        check_before_kernel(r)
         key, inputs = _key(nb_path, nb, r)
         exp_id = tracking.ensure_experiment(r.experiment)
         if key and not force and (old := find_reusable(key, exp_id)) is not None:
             if starter: starter.stop()
             return _reused(old, nb_path)
+        check_before_kernel(r)
         try: reap_orphans()
         except Exception: pass   # best effort: never let clean-up of old runs stop a new one
         run_tags = {**_run_tags(nb_path, r, engine), **({"mlkit.cache_key": key, "mlkit.cache_inputs": json.dumps(inputs)} if key else {})}
