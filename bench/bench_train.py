@@ -15,7 +15,7 @@ def notebook_as_script(nb_path, params) -> str:
     nb = json.loads(Path(nb_path).read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     i = next(i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", []))
-    head = "from IPython.display import display\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items()) + "mlflow_run_id = None\n"
+    head = "from IPython.display import display\n" + f"params = {params!r}\n"
     return head + "\n".join("".join(c["source"]) for c in code[i + 1:])
 
 
