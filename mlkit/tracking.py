@@ -11,11 +11,10 @@ from .core import ModelError, TrackingError
 from .config import flatten_params, params_hash
 
 # %% auto #0
-__all__ = ['LINEAGE_PACKAGES', 'MODEL_REQUIREMENTS', 'TRUSTED_PREFIXES', 'tracking_uri', 'configure', 'package_versions',
-           'git_info', 'lineage_tags', 'attach', 'detach', 'attached_run_id', 'under_runner', 'ensure_experiment',
-           'start_run', 'finish_run', 'log_params', 'log_metrics', 'set_tags', 'log_json', 'log_figures',
-           'pinned_requirements', 'check_trusted', 'log_model', 'resolve_model', 'load_model_meta',
-           'load_sklearn_model']
+__all__ = ['LINEAGE_PACKAGES', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'package_versions', 'git_info', 'lineage_tags',
+           'attach', 'detach', 'attached_run_id', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run',
+           'log_params', 'log_metrics', 'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted',
+           'log_model', 'resolve_model', 'load_model_meta', 'load_sklearn_model']
 
 # %% ../nbs/07_tracking.ipynb #b3e78177
 def tracking_uri() -> str:
@@ -166,7 +165,6 @@ def log_figures(figs:dict, folder:str="plots") -> list[str]:
 
 # %% ../nbs/07_tracking.ipynb #9f3dfe39
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy", "pyarrow")
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "mlkit.", "builtins.", "collections.", "_operator.")
 
 def pinned_requirements(names=MODEL_REQUIREMENTS) -> list[str]:
     "`name==version` for each installed package in `names`."
@@ -176,94 +174,123 @@ def pinned_requirements(names=MODEL_REQUIREMENTS) -> list[str]:
         except PackageNotFoundError: pass
     return out
 
-def check_trusted(types:list[str]) -> list[str]:
-    "The skops types to trust, after checking each comes from a library mlkit trusts; ModelError otherwise."
-    bad = [t for t in types if not t.startswith(TRUSTED_PREFIXES)]
-    if bad: raise ModelError(f"model file contains types from untrusted modules: {bad}; only {list(TRUSTED_PREFIXES)} are loaded")
-    return list(types)
+# %% ../nbs/07_tracking.ipynb #b7e1a0c4
+def check_trusted(types:list[str], *, trusted_modules=None) -> list[str]:
+    "The skops `types` to trust, checked by `mlkit.trust.check_types` (exact allow-list, this side's trusted modules); ModelError otherwise."
+    from mlkit import trust
+    return trust.check_types(types, trusted_modules=trusted_modules)
 
 # %% ../nbs/07_tracking.ipynb #1c561056
 def log_model(model, *, X_sample, schema:dict, task:str, profile:dict|None=None, metrics:dict|None=None,
-              model_name:str|None=None, name:str="model"):
+              model_name:str|None=None, name:str="model",
+              trusted_modules=None): # modules whose classes the model may hold (default: $MLKIT_TRUSTED_MODULES or settings.ini)
     "Log a fitted sklearn `model` (skops, signature, input example, pinned requirements, mlkit metadata) to the active run."
-    import mlflow, skops.io as sio
+    import mlflow
     from mlflow.models import infer_signature
+    from mlkit import trust
+    modules = trust.read_trusted_modules(trusted_modules)
+    trusted = trust.check_model(model, trusted_modules=modules)  # what a loading side with this declaration would refuse, refused now
     example = X_sample.head(5)
     signature = infer_signature(example, model.predict(example))
-    trusted = check_trusted(sio.get_untrusted_types(data=sio.dumps(model)))
     meta = {"mlkit_schema": schema, "mlkit_task": task, "mlkit_profile": profile, "mlkit_metrics": metrics or {},
-            "mlkit_version": package_versions(("mlkit",)).get("mlkit", "unknown")}
+            "mlkit_version": package_versions(("mlkit",)).get("mlkit", "unknown"), "mlkit_trusted_modules": list(modules)}
     meta = json.loads(json.dumps(meta, default=str))
     return mlflow.sklearn.log_model(model, name=name, serialization_format="skops", skops_trusted_types=trusted,
                                     signature=signature, input_example=example, pip_requirements=pinned_requirements(),
                                     metadata=meta, registered_model_name=model_name)
 
+# %% ../nbs/07_tracking.ipynb #b7e1a0c1
+def _model_version(client, name:str, ref:str, by_alias:bool):
+    "Version `ref` of registered model `name`: an alias when `by_alias`, else a number, 'latest' or '' (the newest)."
+    from mlflow.exceptions import MlflowException
+    from mlkit.core import did_you_mean
+    try: client.get_registered_model(name)
+    except MlflowException:
+        names = [m.name for m in client.search_registered_models()]
+        raise ModelError(f"no registered model '{name}' in {tracking_uri()}{did_you_mean(name, names)}; registered: {names}") from None
+    try:
+        if by_alias: return client.get_model_version_by_alias(name, ref)
+        if ref in ("", "latest"): return max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+        return client.get_model_version(name, ref)
+    except (MlflowException, ValueError):
+        what = f"alias '{ref}'" if by_alias else f"version '{ref}'"
+        raise ModelError(f"registered model '{name}' has no {what}; see `mlkit history {name}` or the MLflow UI") from None
+
+# %% ../nbs/07_tracking.ipynb #b7e1a0c2
+def _version_source(client, mv) -> str:
+    "Where the files of registered version `mv` are, checked: a logged model, a plain runs:/ URI, or a path inside its run's artifacts."
+    from mlflow.exceptions import MlflowException
+    from mlkit import trust
+    src, what = mv.source or "", f"registered model '{mv.name}' v{mv.version}"
+    try:
+        if src.startswith(("models:/m-", "runs:/")): return trust.check_model_uri(src)
+        if not mv.run_id: raise ModelError(f"its files are at '{src}' with no run: mlkit loads only models logged in a run; register it from its run")
+        try: root = client.get_run(mv.run_id).info.artifact_uri
+        except MlflowException: raise ModelError(f"its run '{mv.run_id}' is not in {tracking_uri()}") from None
+        return trust.check_source(src, root=root)
+    except ModelError as e: raise ModelError(f"{what}: {e}") from None
+
 # %% ../nbs/07_tracking.ipynb #ccba54ed
 def resolve_model(uri:str) -> dict:
-    "Name, version and run id behind a model URI; ModelError naming what is missing."
+    "Name, version, run id and checked file location (`source`) behind a model URI; ModelError naming what is missing or unsafe."
     import mlflow
     from mlflow.exceptions import MlflowException
-    if not isinstance(uri, str) or not uri.strip():
-        raise ModelError("model URI is empty; use models:/NAME@champion, models:/NAME/VERSION or runs:/RUN_ID/model")
+    from mlkit import trust
+    trust.check_model_uri(uri)
     configure()
     client = mlflow.MlflowClient()
-    if uri.startswith("models:/"):
-        ref = uri[len("models:/"):]
-        name, at, alias = ref.partition("@")
-        if not at: name, _, alias = ref.partition("/")
-        if name.startswith("m-") and not at and not alias:  # MLflow 3 logged-model id (ModelInfo.model_uri)
-            try: lm = client.get_logged_model(name)
-            except MlflowException: raise ModelError(f"no logged model '{name}' in {tracking_uri()}") from None
-            return {"uri": uri, "name": None, "version": None, "run_id": lm.source_run_id, "source": uri}
-        try: client.get_registered_model(name)
-        except MlflowException:
-            names = [m.name for m in client.search_registered_models()]
-            from mlkit.core import did_you_mean
-            raise ModelError(f"no registered model '{name}' in {tracking_uri()}{did_you_mean(name, names)}; registered: {names}") from None
-        try:
-            mv = client.get_model_version_by_alias(name, alias) if at else (
-                 max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)) if alias in ("", "latest")
-                 else client.get_model_version(name, alias))
-        except (MlflowException, ValueError):
-            what = f"alias '{alias}'" if at else f"version '{alias}'"
-            raise ModelError(f"registered model '{name}' has no {what}; see `mlkit history {name}` or the MLflow UI") from None
-        return {"uri": uri, "name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source}
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/")[0]
         try: client.get_run(run_id)
         except MlflowException: raise ModelError(f"no run '{run_id}' in {tracking_uri()}") from None
         return {"uri": uri, "name": None, "version": None, "run_id": run_id, "source": uri}
-    if Path(uri).exists(): return {"uri": uri, "name": None, "version": None, "run_id": None, "source": uri}
-    raise ModelError(f"cannot resolve model URI '{uri}': expected models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a model folder")
+    ref = uri[len("models:/"):]
+    name, at, alias = ref.partition("@")
+    if not at: name, _, alias = ref.partition("/")
+    if name.startswith("m-") and not at and not alias:  # MLflow 3 logged-model id (ModelInfo.model_uri)
+        try: lm = client.get_logged_model(name)
+        except MlflowException: raise ModelError(f"no logged model '{name}' in {tracking_uri()}") from None
+        return {"uri": uri, "name": None, "version": None, "run_id": lm.source_run_id, "source": uri}
+    mv = _model_version(client, name, alias, bool(at))
+    return {"uri": uri, "name": name, "version": str(mv.version), "run_id": mv.run_id, "source": _version_source(client, mv)}
 
 # %% ../nbs/07_tracking.ipynb #0a32a1ed
 def load_model_meta(uri:str) -> dict:
-    "mlkit metadata of the model at `uri`: schema, profile, task, metrics, signature, run id, name and version."
+    "mlkit metadata of the model at `uri`: schema, profile, task, metrics, signature, run id, name, version (and the trusted modules it was logged with)."
     import mlflow
     from mlflow.exceptions import MlflowException
     ref = resolve_model(uri)
-    try: info = mlflow.models.get_model_info(ref["source"] if ref["version"] else uri)
+    try: info = mlflow.models.get_model_info(ref["source"])
     except (MlflowException, OSError) as e:
-        raise ModelError(f"no MLflow model at '{uri}' ({str(e).splitlines()[0][:200]}); did the run log a model?") from None
+        raise ModelError(f"no MLflow model at '{uri}' ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); did the run log a model?") from None
     meta = info.metadata or {}
     return {**ref, "run_id": ref["run_id"] or info.run_id, "schema": meta.get("mlkit_schema"), "profile": meta.get("mlkit_profile"),
-            "task": meta.get("mlkit_task"), "metrics": meta.get("mlkit_metrics") or {},
+            "task": meta.get("mlkit_task"), "metrics": meta.get("mlkit_metrics") or {}, "trusted_modules": meta.get("mlkit_trusted_modules"),
             "signature": info.signature.to_dict() if info.signature else None, "flavors": info.flavors}
 
-# %% ../nbs/07_tracking.ipynb #1dd0243f
-def load_sklearn_model(uri:str, *, local_dir:str|None=None):
-    "The scikit-learn pipeline at `uri`, loaded with skops after checking its types against `TRUSTED_PREFIXES`."
-    import mlflow, skops.io as sio, yaml
-    ref = resolve_model(uri)
-    src = ref["source"] if ref["version"] else uri
-    try: path = Path(mlflow.artifacts.download_artifacts(artifact_uri=src, dst_path=local_dir)) if not Path(src).exists() else Path(src)
-    except Exception as e: raise ModelError(f"cannot download model '{uri}': {str(e).splitlines()[0][:200]}") from None
+# %% ../nbs/07_tracking.ipynb #b7e1a0c3
+def _sklearn_flavor(path:Path, uri:str) -> dict:
+    "The sklearn flavour of the MLmodel in `path`; ModelError unless it describes a skops-serialized scikit-learn model."
+    import yaml
     if not (path / "MLmodel").is_file():
         raise ModelError(f"the artifacts of model '{uri}' are missing (no MLmodel under {path}); was the artifact store moved or deleted?")
-    conf = yaml.safe_load((path / "MLmodel").read_text()).get("flavors", {}).get("sklearn")
-    if not conf: raise ModelError(f"'{uri}' is not a scikit-learn model (no sklearn flavour in its MLmodel)")
+    try: conf = (yaml.safe_load((path / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn")
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        raise ModelError(f"the MLmodel of '{uri}' is not a readable MLmodel file; log the model again") from None
+    if not isinstance(conf, dict): raise ModelError(f"'{uri}' is not a scikit-learn model (no sklearn flavour in its MLmodel)")
     if conf.get("serialization_format") != "skops":
         raise ModelError(f"'{uri}' is serialized with {conf.get('serialization_format')}; mlkit loads only skops models (re-log it with mlkit)")
-    file = path / conf["pickled_model"]
-    if not file.is_file(): raise ModelError(f"the model file of '{uri}' is missing ({file}); was the artifact store moved or deleted?")
-    return sio.load(file, trusted=check_trusted(sio.get_untrusted_types(file=file)))
+    return conf
+
+# %% ../nbs/07_tracking.ipynb #1dd0243f
+def load_sklearn_model(uri:str, *, local_dir:str|None=None,
+                       trusted_modules=None): # modules whose classes may load (default: $MLKIT_TRUSTED_MODULES or settings.ini)
+    "The scikit-learn pipeline at `uri`, loaded with skops once every type in it passes `mlkit.trust.check_types` on this side."
+    import mlflow
+    from mlkit import trust
+    modules = trust.read_trusted_modules(trusted_modules)  # a bad declaration fails before any download
+    ref = resolve_model(uri)
+    try: path = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref["source"], dst_path=local_dir))
+    except Exception as e: raise ModelError(f"cannot download model '{uri}': {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+    file = trust.check_model_path(path, _sklearn_flavor(path, uri).get("pickled_model"))
+    return trust.load_skops(file, trusted_modules=modules)
