@@ -289,21 +289,23 @@ def _claim(name:str, seq:int, entry:dict) -> bool:
         raise
 
 # %% ../nbs/09_registry.ipynb #c6b9802e
+def _unchanged(name:str, current:str|None) -> bool:
+    try: return _champion(find_model(name)) == current
+    except Exception: return False   # cannot tell (the server is gone): leave the claim to expire and be recorded
+
 def _apply(name:str, seq:int, entry:dict, current:str|None, started:float) -> bool:
     "Move the alias and write entry `seq` under our claim; False (claim dropped) when `seq` was taken meanwhile."
-    moved = False
     try:
         if _key(seq) in find_model(name).tags: _drop(name, seq); return False   # a stale read: that entry is written already
         if entry["to_version"] != current:
             if time.monotonic() - started > _lease() / 2:
                 raise RegistryError(f"moving the champion of '{name}' took over {_lease() / 2:.0f} s (the store is slow); nothing "
                                     "was changed; retry")
-            moved = True
             get_client().set_registered_model_alias(name, "champion", entry["to_version"])
         get_client().set_registered_model_tag(name, _key(seq), json.dumps(entry, default=str)[:99_000])
-    except BaseException:
-        if not moved and time.monotonic() - started < 0.75 * _lease(): _drop(name, seq)  # nothing changed: free the number
-        raise                                                                         # else the claim expires and is recorded
+    except BaseException:   # the alias did not move (a refusal, say): free the number now; else the claim expires and is recorded
+        if time.monotonic() - started < 0.75 * _lease() and _unchanged(name, current): _drop(name, seq)
+        raise
     _drop(name, seq)
     return True
 
