@@ -33,6 +33,8 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         for k, v in HTTP_DEFAULTS.items(): os.environ.setdefault(k, v)
+        if redact(uri) != uri:  # MLflow prints "View run <uri>/#/..." links on stdout: they would show the password
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         check_server(uri)
     return uri
 
@@ -78,7 +80,7 @@ def check_server(uri:str|None=None, *, timeout:float=5.0) -> None:
                           timeout=timeout, json={"max_results": 1})
     except Exception as e:
         raise TrackingError(f"cannot reach the MLflow tracking server at {redact(uri)} ({_reason(e)}); start it "
-                            "(see TEAM.md, `mlflow server`) or fix MLFLOW_TRACKING_URI") from None
+                            "(see 'Working as a team' in the README) or fix MLFLOW_TRACKING_URI") from None
     if r.status_code != 200: raise _refusal(uri, r)
     _CHECKED.add(key)
 
