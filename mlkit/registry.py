@@ -4,30 +4,49 @@
 
 # %% ../nbs/09_registry.ipynb #7ed57551
 from __future__ import annotations
-import fcntl, getpass, hashlib, json, os, re, time
-from contextlib import contextmanager
+import getpass, hashlib, json, os, re, socket, time, uuid
 from datetime import datetime, timezone
-from pathlib import Path
 import pandas as pd
-from .core import RegistryError, did_you_mean
-from .tracking import configure, tracking_uri
+from .core import RegistryError, did_you_mean, redact
+from .tracking import configure, tracking_failure, tracking_uri
 
 # %% auto #0
-__all__ = ['ALIASES', 'HISTORY_PREFIX', 'get_client', 'find_model', 'find_version', 'find_run', 'run_model_uri', 'md_table',
-           'make_model_card', 'log_model_card', 'read_model_card', 'version_lineage', 'annotate_version',
-           'register_version', 'newest_version', 'get_alias', 'set_alias', 'delete_alias', 'lock_path', 'alias_lock',
-           'current_user', 'read_history', 'ChampionChanged', 'move_champion', 'champion_stack', 'rollback_champion',
-           'history_frame']
+__all__ = ['CLAIM_MARK', 'ALIASES', 'MOVE_LEASE', 'HISTORY_PREFIX', 'get_client', 'is_claim', 'find_model', 'find_version',
+           'find_run', 'run_model_uri', 'md_table', 'make_model_card', 'log_model_card', 'read_model_card',
+           'version_lineage', 'annotate_version', 'register_version', 'newest_version', 'get_alias', 'set_alias',
+           'delete_alias', 'claim_name', 'current_user', 'read_history', 'ChampionChanged', 'move_champion',
+           'champion_stack', 'rollback_champion', 'history_frame']
 
 # %% ../nbs/09_registry.ipynb #89373f9d
+class _Client:
+    "An `MlflowClient` whose failures at the server's door (down, 401, 403) are one-line TrackingErrors naming the call."
+    def __init__(self, client): self.raw = client
+    def __getattr__(self, attr):
+        from mlflow.exceptions import MlflowException
+        f = getattr(self.raw, attr)
+        if not callable(f): return f
+        def call(*args, **kw):
+            try: return f(*args, **kw)
+            except MlflowException as e:
+                if (err := tracking_failure(e, attr.replace("_", " ") + (f" '{args[0]}'" if args else ""))): raise err from None
+                raise
+        return call
+
 def get_client():
-    "An `MlflowClient` on mlkit's tracking store (`MLFLOW_TRACKING_URI`, default ./mlflow.db)."
+    "An `MlflowClient` on mlkit's tracking store (`MLFLOW_TRACKING_URI`, default ./mlflow.db); server refusals are named."
     from mlflow import MlflowClient
     configure()
-    return MlflowClient()
+    return _Client(MlflowClient())
 
 def _not_found(e) -> bool:
     return getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+# %% ../nbs/09_registry.ipynb #0ad73f71
+CLAIM_MARK = ".mlkit-move."
+
+def is_claim(name:str) -> bool:
+    "Whether registered model `name` is a transient claim of an alias move (see below), not a model."
+    return CLAIM_MARK in name
 
 # %% ../nbs/09_registry.ipynb #024feb31
 def find_model(name:str, # registered model name
@@ -38,9 +57,9 @@ def find_model(name:str, # registered model name
     try: return client.get_registered_model(name)
     except MlflowException as e:
         if not _not_found(e): raise
-    names = sorted(m.name for m in client.search_registered_models())
+    names = sorted(m.name for m in client.search_registered_models() if not is_claim(m.name))
     hint = did_you_mean(name, names) or (f"; registered models: {names}" if names else "; no model is registered yet (train with model_name set, or `mlkit promote NAME --run RUN_ID`)")
-    raise RegistryError(f"no registered model '{name}' in {tracking_uri()}{hint}")
+    raise RegistryError(f"no registered model '{name}' in {redact(tracking_uri())}{hint}")
 
 def find_version(name:str, version:str|int):
     "Version `version` of registered model `name`; RegistryError listing the existing versions when there is none."
@@ -59,7 +78,7 @@ def find_run(run_id:str):
     try: return get_client().get_run(run_id)
     except MlflowException as e:
         if not _not_found(e): raise
-    raise RegistryError(f"no run '{run_id}' in {tracking_uri()}; list runs with `mlkit runs`")
+    raise RegistryError(f"no run '{run_id}' in {redact(tracking_uri())}; list runs with `mlkit runs`")
 
 # %% ../nbs/09_registry.ipynb #09ea7632
 def run_model_uri(run_id:str, # run that should have logged a model
@@ -156,8 +175,12 @@ def register_version(run_id:str, # run whose logged model becomes the new versio
                      *, description:str|None=None, card:bool=True):
     "Register the model logged by `run_id` as a new version of `name`, with the run's lineage as version tags and a model card."
     import mlflow
+    from mlflow.exceptions import MlflowException
     uri, run = run_model_uri(run_id), find_run(run_id)
-    mv = mlflow.register_model(uri, name, tags=version_lineage(run))
+    try: mv = mlflow.register_model(uri, name, tags=version_lineage(run))
+    except MlflowException as e:
+        if (err := tracking_failure(e, f"register a version of '{name}'")): raise err from None
+        raise
     if description: get_client().update_model_version(name, mv.version, description)
     return annotate_version(name, mv.version, card=card)
 
@@ -188,81 +211,143 @@ def delete_alias(name:str, alias:str) -> None:
     if alias in find_model(name).aliases: get_client().delete_registered_model_alias(name, alias)
 
 # %% ../nbs/09_registry.ipynb #065b8309
-def lock_path(name:str) -> Path:
-    "The lock file guarding alias moves of registered model `name` in the current store."
-    uri, safe = tracking_uri(), re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
-    key = hashlib.sha1(f"{uri}\0{name}".encode()).hexdigest()[:10]
-    if uri.startswith("sqlite:///"): base = Path(uri[len("sqlite:///"):]).parent / ".mlkit-locks"
-    else: base = Path(os.environ.get("MLKIT_LOCK_DIR", Path.home() / ".cache" / "mlkit" / "locks"))
-    base.mkdir(parents=True, exist_ok=True)
-    return base / f"{safe}-{key}.lock"
+MOVE_LEASE = 60.0
 
-@contextmanager
-def alias_lock(name:str, *, timeout:float=120.0):
-    "Hold the exclusive alias lock of `name` (waiting at most `timeout` seconds)."
-    path = lock_path(name)
-    fd, deadline = os.open(path, os.O_CREAT | os.O_RDWR, 0o644), time.monotonic() + timeout
-    try:
-        while True:
-            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(f"another mlkit process has held the alias lock of '{name}' ({path}) for over {timeout:.0f} s; wait for it to finish and retry") from None
-                time.sleep(0.05)
-        yield path
-    finally: os.close(fd)  # closing the descriptor releases the lock
+def _lease() -> float: return float(os.environ.get("MLKIT_MOVE_LEASE") or MOVE_LEASE)
+
+def claim_name(name:str, seq:int) -> str:
+    "The registered model whose creation claims history entry `seq` of `name`."
+    base = name if len(name) <= 200 else f"{name[:180]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return f"{base}{CLAIM_MARK}{seq:06d}"
 
 # %% ../nbs/09_registry.ipynb #b138758f
 HISTORY_PREFIX = "mlkit.history."
 
 def current_user() -> str:
-    "Who is acting: `$MLKIT_USER`, else the login name."
-    return os.environ.get("MLKIT_USER") or getpass.getuser()
+    "Who is acting: `$MLKIT_USER`, else the MLflow user `$MLFLOW_TRACKING_USERNAME`, else the login name."
+    return os.environ.get("MLKIT_USER") or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+def _entries(rm) -> list[dict]:
+    return [json.loads(rm.tags[k]) for k in sorted(k for k in rm.tags if k.startswith(HISTORY_PREFIX))]
 
 def read_history(name:str) -> list[dict]:
     "The alias history of `name`, oldest first."
-    tags = find_model(name).tags
-    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
+    return _entries(find_model(name))
 
-def _append_history(name:str, entry:dict) -> dict:
-    "Append `entry` with the next sequence number (caller holds the alias lock)."
-    seq = max((int(k[len(HISTORY_PREFIX):]) for k in find_model(name).tags if k.startswith(HISTORY_PREFIX)), default=0) + 1
-    entry = {"seq": seq, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "who": current_user(), **entry}
-    get_client().set_registered_model_tag(name, f"{HISTORY_PREFIX}{seq:06d}", json.dumps(entry, default=str)[:99_000])
-    return entry
+def _key(seq:int) -> str: return f"{HISTORY_PREFIX}{seq:06d}"
+def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 # %% ../nbs/09_registry.ipynb #97c9bd57
 class ChampionChanged(RegistryError):
-    "The champion moved between evaluating a promotion and applying it."
+    "The champion moved between evaluating a promotion (or preparing a rollback) and applying it."
 
-def _champion(name:str) -> str|None:
-    v = find_model(name).aliases.get("champion")
+def _champion(rm) -> str|None:
+    v = rm.aliases.get("champion")
     return str(v) if v is not None else None
 
-def _reconcile(name:str, current:str|None) -> None:
-    hist = read_history(name)
-    last = hist[-1]["to_version"] if hist else None
-    if last != current:
-        _append_history(name, {"action": "external", "from_version": last, "to_version": current, "challenger": current,
-                               "verdict": "n/a", "reason": "champion alias changed outside mlkit"})
+def _pending(name:str, seq:int):
+    "The claim of entry `seq` of `name`, or None."
+    from mlflow.exceptions import MlflowException
+    try: return get_client().get_registered_model(claim_name(name, seq))
+    except MlflowException as e:
+        if _not_found(e): return None
+        raise
+
+def _drop(name:str, seq:int) -> None:
+    "Delete a claim (gone already, or another user's that we may not delete: left for its owner or an admin)."
+    from mlflow.exceptions import MlflowException
+    try: get_client().raw.delete_registered_model(claim_name(name, seq))
+    except MlflowException as e:
+        if not (_not_found(e) or e.error_code == "PERMISSION_DENIED"): raise
+
+# %% ../nbs/09_registry.ipynb #18f1845e
+def _recover(name:str, seq:int, claim, current:str|None) -> None:
+    "Record the fate of an expired claim: its entry when the alias reached its target, else `aborted`; then drop it."
+    mine = json.loads(claim.tags.get("mlkit.claim") or "{}")
+    if _key(seq) not in find_model(name).tags:
+        if mine.get("to_version") == current: entry = {**mine, "recovered_by": current_user()}
+        else:
+            entry = {"seq": seq, "when": _now(), "who": current_user(), "action": "aborted", "from_version": current,
+                     "to_version": current, "challenger": mine.get("challenger"), "verdict": "n/a", "metrics": {},
+                     "reason": f"{mine.get('who', '?')}'s {mine.get('action', 'move')} to v{mine.get('to_version')} claimed entry "
+                               f"#{seq} but did not finish within {_lease():.0f} s; the champion was not moved"}
+        get_client().set_registered_model_tag(name, _key(seq), json.dumps(entry, default=str)[:99_000])
+    _drop(name, seq)
+
+# %% ../nbs/09_registry.ipynb #07b7284b
+def _claim(name:str, seq:int, entry:dict) -> bool:
+    "Try to win entry `seq`: create its claim. False when another mover holds it."
+    from mlflow.exceptions import MlflowException
+    owner = {"user": current_user(), "host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex}
+    try:
+        get_client().create_registered_model(claim_name(name, seq), tags={"mlkit.claim": json.dumps(entry, default=str)[:99_000],
+            "mlkit.claim_owner": json.dumps(owner)}, description=f"transient claim of mlkit's alias history entry #{seq} of "
+            f"'{name}'; deleted when the move completes; safe to delete when older than a few minutes")
+        return True
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_ALREADY_EXISTS": return False
+        raise
+
+# %% ../nbs/09_registry.ipynb #c6b9802e
+def _unchanged(name:str, current:str|None) -> bool:
+    try: return _champion(find_model(name)) == current
+    except Exception: return False   # cannot tell (the server is gone): leave the claim to expire and be recorded
+
+def _apply(name:str, seq:int, entry:dict, current:str|None, started:float) -> bool:
+    "Move the alias and write entry `seq` under our claim; False (claim dropped) when `seq` was taken meanwhile."
+    try:
+        if _key(seq) in find_model(name).tags: _drop(name, seq); return False   # a stale read: that entry is written already
+        if entry["to_version"] != current:
+            if time.monotonic() - started > _lease() / 2:
+                raise RegistryError(f"moving the champion of '{name}' took over {_lease() / 2:.0f} s (the store is slow); nothing "
+                                    "was changed; retry")
+            get_client().set_registered_model_alias(name, "champion", entry["to_version"])
+        get_client().set_registered_model_tag(name, _key(seq), json.dumps(entry, default=str)[:99_000])
+    except BaseException:   # the alias did not move (a refusal, say): free the number now; else the claim expires and is recorded
+        if time.monotonic() - started < 0.75 * _lease() and _unchanged(name, current): _drop(name, seq)
+        raise
+    _drop(name, seq)
+    return True
+
+# %% ../nbs/09_registry.ipynb #981b2e54
+def _external(last:str|None, current:str|None) -> dict:
+    return {"action": "external", "from_version": last, "to_version": current, "challenger": current, "verdict": "n/a",
+            "metrics": {}, "reason": "champion alias changed outside mlkit"}
+
+def _commit(name:str, decide) -> dict:
+    "Append the entry `decide(current, history)` returns and move `champion` to its `to_version`, atomically across machines."
+    seen = {}
+    while True:
+        rm = find_model(name)
+        hist, current = _entries(rm), _champion(rm)
+        seq = (hist[-1]["seq"] if hist else 0) + 1
+        if (claim := _pending(name, seq)) is not None:      # another mover is half-way through entry `seq`
+            if time.monotonic() - seen.setdefault(seq, time.monotonic()) < _lease(): time.sleep(0.1)
+            else: _recover(name, seq, claim, current)
+            continue
+        last = hist[-1]["to_version"] if hist else None
+        body = _external(last, current) if last != current else decide(current, hist)
+        entry, started = {"seq": seq, "when": _now(), "who": current_user(), **body}, time.monotonic()
+        if _claim(name, seq, entry) and _apply(name, seq, entry, current, started) and body["action"] != "external": return entry
 
 # %% ../nbs/09_registry.ipynb #5bb1fe52
+def _last_move(hist:list[dict]) -> str:
+    h = hist[-1] if hist else {}
+    return f"{h.get('who', '?')} {h.get('action', 'moved')} v{h.get('from_version')} → v{h.get('to_version')} at {h.get('when', '?')} (history #{h.get('seq', '?')})"
+
 def move_champion(name:str, to_version:str|int|None, *, expected_from:str|int|None, action:str="promote",
                   challenger:str|int|None=None, verdict:str="n/a", metrics:dict|None=None, reason:str|None=None, **extra) -> dict:
     "Point `champion` at `to_version` and append the history entry, atomically; `to_version=None` records a refusal (alias unchanged)."
     exp = None if expected_from is None else str(expected_from)
-    with alias_lock(name):
-        current = _champion(name)
+    if to_version is not None: find_version(name, to_version)
+    def decide(current, hist):
         if current != exp:
-            raise ChampionChanged(f"champion of '{name}' is now version {current}, not {exp} as when the gate was evaluated; evaluate again")
-        _reconcile(name, current)
+            raise ChampionChanged(f"champion of '{name}' is now version {current}, not {exp} as when the gate was evaluated: "
+                                  f"{_last_move(hist)}; evaluate again")
         target = current if to_version is None else str(to_version)
-        if to_version is not None:
-            find_version(name, target)
-            get_client().set_registered_model_alias(name, "champion", target)
-        return _append_history(name, {"action": action, "from_version": current, "to_version": target,
-                                      "challenger": str(challenger if challenger is not None else target), "verdict": verdict,
-                                      "metrics": metrics or {}, "reason": reason, **extra})
+        return {"action": action, "from_version": current, "to_version": target, "verdict": verdict, "metrics": metrics or {},
+                "challenger": str(challenger if challenger is not None else target), "reason": reason, **extra}
+    return _commit(name, decide)
 
 # %% ../nbs/09_registry.ipynb #d9a9544e
 def champion_stack(history:list[dict]) -> list[str]:
@@ -275,17 +360,19 @@ def champion_stack(history:list[dict]) -> list[str]:
 
 def rollback_champion(name:str, *, reason:str|None=None) -> dict:
     "Point `champion` back at the previous champion recorded in the history; returns the history entry."
-    with alias_lock(name):
-        current = _champion(name)
-        _reconcile(name, current)
-        stack = champion_stack(read_history(name))
+    seen = []
+    def decide(current, hist):
+        if seen and current != seen[0]:
+            raise ChampionChanged(f"champion of '{name}' moved to version {current} while this rollback was prepared: "
+                                  f"{_last_move(hist)}; nothing was rolled back; run `mlkit rollback {name}` again if it should still go back")
+        seen.append(current)
+        stack = champion_stack(hist)
         if len(stack) < 2:
             raise RegistryError(f"'{name}' has no previous champion to roll back to (champion history: {stack or 'empty'}); promote a version instead")
-        target = stack[-2]
-        find_version(name, target)
-        get_client().set_registered_model_alias(name, "champion", target)
-        return _append_history(name, {"action": "rollback", "from_version": current, "to_version": target, "challenger": target,
-                                      "verdict": "n/a", "metrics": {}, "reason": reason})
+        find_version(name, stack[-2])
+        return {"action": "rollback", "from_version": current, "to_version": stack[-2], "challenger": stack[-2],
+                "verdict": "n/a", "metrics": {}, "reason": reason}
+    return _commit(name, decide)
 
 # %% ../nbs/09_registry.ipynb #cafa7793
 def history_frame(name:str) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import json, os, shutil, subprocess, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import RegistryError, RunnerError
-from . import tracking
+from . import lineage, tracking
 from .cache import file_sha
 
 # %% auto #0
@@ -111,18 +111,27 @@ def _code_for(rec:Record, notes:list):
     wt, inside = checkout_commit(nb, commit)
     return inside, wt
 
+# %% ../nbs/08c_reproduce.ipynb #ep000016b
+def _changed_data(rec:Record, cwd:Path) -> list[str]:
+    from mlkit.cache import data_files
+    inputs = json.loads(rec.run.data.tags.get("mlkit.cache_inputs", "{}"))
+    return data_differences(inputs, data_files(rec.params.get("effective", rec.params["params"]), cwd))
+
 # %% ../nbs/08c_reproduce.ipynb #ep000017
 def reproduce_run(run_id:str, *, tolerance:float=1e-9, engine:str="kernel") -> Reproduction:
     "Re-execute run `run_id` from its record as a new, linked run and compare their metrics."
     import mlflow
-    from mlkit.cache import data_files
     from mlkit.runner import run_notebook
     rec = read_record(run_id)
     t, notes = rec.run.data.tags, list(rec.notes)
-    notes += package_differences(json.loads(t.get("mlkit.packages", "{}")), tracking.package_versions())
+    notes += package_differences(json.loads(t.get("mlkit.packages", "{}")), lineage.package_versions())
     cwd = Path(t.get("mlkit.cwd") or os.getcwd())
     given = rec.params["params"]
-    if changed := data_differences(json.loads(t.get("mlkit.cache_inputs", "{}")), data_files(rec.params.get("effective", given), cwd)):
+    changed = _changed_data(rec, cwd)
+    if changed and t.get("mlkit.data.dvc_md5"):          # a DVC data version: restore it, then look again
+        notes.append(f"restored {lineage.checkout_data(t, root=cwd)} to the DVC version the run used ({t['mlkit.data.dvc_md5']})")
+        changed = _changed_data(rec, cwd)
+    if changed:
         raise RunnerError(f"cannot reproduce run {run_id}: " + "; ".join(changed) + "; restore the data (e.g. `dvc checkout`) or train anew")
     nb, wt = _code_for(rec, notes)
     old_cwd, old_path = os.getcwd(), os.environ.get("PYTHONPATH")

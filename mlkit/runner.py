@@ -7,9 +7,9 @@ from __future__ import annotations
 import json, os, re, socket, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir
+from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir, redact
 from .config import SCHEMAS, flatten_params, load_params, params_hash, read_yaml
-from . import tracking
+from . import lineage, tracking
 from .execute import KernelStart, execute_notebook, output_images, stop_on_signals, summarize_error
 from .cache import NEVER_REUSED, find_reusable, run_key
 
@@ -92,15 +92,6 @@ def _generic_params(declared:dict, source, sets) -> dict:
             raise ConfigError(f"parameter '{k}' expects {types[k]} (default {declared[k]['default']}), got {v!r}")
     return raw
 
-# %% ../nbs/08b_runner.ipynb #f3b4a001
-_SECRET_RE = (re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@"), re.compile(r"(?i)([?&;](?:password|passwd|pwd|token|access_token|api_key|apikey|secret|sig|key)=)[^&\s]+"))
-
-def _masked(v):
-    "A logged value with credentials in URLs and secret query parameters masked."
-    if not isinstance(v, str): return v
-    v = _SECRET_RE[0].sub(lambda m: f"{m[1]}:***@", v)
-    return _SECRET_RE[1].sub(lambda m: f"{m[1]}***", v)
-
 # %% ../nbs/08b_runner.ipynb #f3b4a003
 @dataclass
 class Resolved:
@@ -116,7 +107,7 @@ class Resolved:
     def logged(self) -> dict:
         "Flat, masked parameters for MLflow (secret fields as their `${...}` reference)."
         flat = flatten_params(self.inject["params"] if self.schema else self.params)
-        return {k: _masked(v) for k, v in flat.items()}
+        return {k: redact(v) for k, v in flat.items()}
 
 # %% ../nbs/08b_runner.ipynb #8d7c112f
 def _hide_secrets(p) -> tuple[dict, dict]:
@@ -186,9 +177,11 @@ def _pid_start(pid:int) -> str:
 
 def _run_tags(nb_path:Path, r:Resolved, engine:str) -> dict:
     "Lineage, source and owner tags of the run of `nb_path`."
-    tags = tracking.lineage_tags(pipeline=nb_path.stem, params=r.params, seed=r.seed)
+    from mlkit.cache import data_files
+    files = data_files(r.params if r.schema is None else r.inject.get("params", {}))
+    tags = lineage.lineage_tags(pipeline=nb_path.stem, params=r.params, seed=r.seed, data_path=next(iter(files.values()), None))
     if not is_packaged(nb_path):
-        g = tracking.git_info(nb_path.parent)
+        g = lineage.git_info(nb_path.parent)
         tags |= {"mlkit.git_commit": g["commit"], "mlkit.git_dirty": g["dirty"]}
     tags["mlkit.params_hash"] = params_hash(r.params.model_dump(mode="json") if hasattr(r.params, "model_dump") else r.params)
     return tags | {"mlflow.source.name": str(nb_path), "mlflow.source.type": "NOTEBOOK", "mlkit.notebook": str(nb_path), "mlkit.cwd": os.getcwd(),
@@ -256,7 +249,7 @@ def _finish(run_id:str, out:Path, kernel_log:Path, status:str, error:str|None, t
     from mlflow.entities import RunTag
     client = mlflow.MlflowClient(tracking.configure())
     steps = [("tags", lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in
-                                                             {"mlkit.status": status, **({"mlkit.error": _masked(error)} if error else {}), **(tags or {})}.items()])),
+                                                             {"mlkit.status": status, **({"mlkit.error": redact(error)} if error else {}), **(tags or {})}.items()])),
              ("notebook", lambda: out.exists() and client.log_artifact(run_id, str(out), "notebook")),
              ("figures", lambda: out.exists() and _log_images(client, run_id, nbformat.read(str(out), as_version=4))),
              ("kernel log", lambda: kernel_log.exists() and kernel_log.stat().st_size and client.log_artifact(run_id, str(kernel_log), "notebook"))]
@@ -352,7 +345,7 @@ def _key(nb_path:Path, nb, r:Resolved):
     "(cache key, its inputs) of this execution, or (None, None) for the pipelines that are never reused."
     if r.schema in NEVER_REUSED: return None, None
     code = Path.cwd() if is_packaged(nb_path) else nb_path.parent
-    return run_key(nb, r.inject if r.schema else r.params, code_path=code, versions=tracking.package_versions())
+    return run_key(nb, r.inject if r.schema else r.params, code_path=code, versions=lineage.package_versions())
 
 def _reused(run, nb_path:Path) -> RunResult:
     "The result of an earlier run with the same inputs."
@@ -368,7 +361,7 @@ def key_metrics(metrics:dict, primary:str|None=None, limit:int=8) -> dict:
 
 def format_result(r:RunResult) -> str:
     "What `mlkit run` prints about a finished run."
-    uri = _masked(tracking.tracking_uri())
+    uri = redact(tracking.tracking_uri())
     lines = [f"run {r.run_id} {r.status} ({r.pipeline})" + (": reused — same notebook, parameters, data files, code and environment "
                                                              "as this earlier run (--force runs again)" if r.reused else "")]
     km = key_metrics(r.metrics, r.tags.get("mlkit.primary_metric"))

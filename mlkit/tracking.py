@@ -7,62 +7,96 @@ from __future__ import annotations
 import json, os, platform, subprocess, sys, time
 from importlib.metadata import PackageNotFoundError, version as _version
 from pathlib import Path
-from .core import ModelError, TrackingError
+from .core import ModelError, TrackingError, redact
 from .config import flatten_params, params_hash
+from .lineage import LINEAGE_PACKAGES, package_versions, git_info, lineage_tags
 
 # %% auto #0
-__all__ = ['LINEAGE_PACKAGES', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'package_versions', 'git_info', 'lineage_tags',
-           'attach', 'detach', 'attached_run_id', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run',
-           'log_params', 'log_metrics', 'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted',
-           'log_model', 'resolve_model', 'load_model_meta', 'load_sklearn_model']
+__all__ = ['HTTP_DEFAULTS', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'tracking_failure', 'check_server', 'attach',
+           'detach', 'attached_run_id', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run', 'log_params',
+           'log_metrics', 'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted', 'log_model',
+           'resolve_model', 'load_model_meta', 'load_sklearn_model']
 
 # %% ../nbs/07_tracking.ipynb #b3e78177
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+
 def tracking_uri() -> str:
     "`$MLFLOW_TRACKING_URI`, or MLflow's default SQLite store `mlflow.db` in the working directory."
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve()}/mlflow.db"
 
 def configure() -> str:
-    "Point mlflow at `tracking_uri()` (and make child processes agree); returns the URI."
+    "Point mlflow at `tracking_uri()` (and make child processes agree); a server is checked once per process. Returns the URI."
     import mlflow
     uri = tracking_uri()
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        for k, v in HTTP_DEFAULTS.items(): os.environ.setdefault(k, v)
+        if redact(uri) != uri:  # MLflow prints "View run <uri>/#/..." links on stdout: they would show the password
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        check_server(uri)
     return uri
 
-# %% ../nbs/07_tracking.ipynb #45fdf19f
-LINEAGE_PACKAGES = ("mlkit", "mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "optuna", "papermill")
+# %% ../nbs/07_tracking.ipynb #c948d9d1
+def _who() -> str:
+    u = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    return f"user '{u}'" if u else "no user (MLFLOW_TRACKING_USERNAME is not set)"
 
-def package_versions(names=LINEAGE_PACKAGES) -> dict[str, str]:
-    "Installed versions of `names` (missing ones are left out), plus Python's."
-    out = {"python": platform.python_version()}
-    for n in names:
-        try: out[n] = _version(n)
-        except PackageNotFoundError: pass
-    return out
+def _reason(e:Exception) -> str:
+    s = str(e)
+    for key, say in (("Connection refused", "connection refused"), ("timed out", "no answer in time"), ("timeout", "no answer in time"),
+                     ("Name or service not known", "unknown host"), ("Failed to resolve", "unknown host"), ("SSLError", "TLS error")):
+        if key in s: return say
+    return redact(s.splitlines()[0] if s else type(e).__name__)[:200]
 
-def git_info(path:str|Path|None=None) -> dict[str, str]:
-    "Commit and dirty flag of the git work tree holding `path` (default: the working directory); 'none' outside git."
-    cwd = str(path or Path.cwd())
-    def git(*a):
-        r = subprocess.run(["git", "-C", cwd, *a], capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    try: commit = git("rev-parse", "HEAD")
-    except (OSError, subprocess.SubprocessError): commit = None
-    if not commit: return {"commit": "none", "dirty": "unknown"}
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": str(bool(dirty)).lower()}
+# %% ../nbs/07_tracking.ipynb #66bd31e0
+def tracking_failure(e:Exception, doing:str="talking to the tracking server") -> TrackingError|None:
+    "The one-line TrackingError for an MLflow call that failed on the server's door (down, 401, 403), or None for other errors."
+    code, shown = getattr(e, "error_code", ""), redact(tracking_uri())
+    if code == "UNAUTHENTICATED":
+        return TrackingError(f"{doing}: the MLflow server at {shown} refused the credentials of {_who()} (401 Unauthorized); "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a valid login")
+    if code == "PERMISSION_DENIED":
+        return TrackingError(f"{doing}: {_who()} has no permission for this at {shown} (403 Forbidden); ask an MLflow admin to grant it "
+                             "(EDIT to change, MANAGE to delete, on the registered model or experiment)")
+    if "API request to" in str(e) and "failed with" in str(e) and "error code" not in str(e):
+        return TrackingError(f"{doing}: cannot reach the MLflow tracking server at {shown} ({_reason(e)}); "
+                             "start it or fix MLFLOW_TRACKING_URI")
+    return None
 
-# %% ../nbs/07_tracking.ipynb #e92f07f8
-def lineage_tags(*, pipeline:str, params=None, data_fingerprint:str|None=None, seed:int|None=None) -> dict[str, str]:
-    "The `mlkit.*` lineage tags of a run."
-    g, pv = git_info(), package_versions()
-    tags = {"mlkit.pipeline": pipeline, "mlkit.git_commit": g["commit"], "mlkit.git_dirty": g["dirty"],
-            "mlkit.version": pv.get("mlkit", "unknown"), "mlkit.packages": json.dumps(pv, sort_keys=True)}
-    if params is not None: tags["mlkit.params_hash"] = params_hash(params)
-    if seed is None and params is not None: seed = getattr(params, "seed", None)
-    if seed is not None: tags["mlkit.seed"] = str(seed)
-    if data_fingerprint: tags["mlkit.data_fingerprint"] = data_fingerprint
-    return tags
+# %% ../nbs/07_tracking.ipynb #b08e4be2
+_CHECKED = set()
+
+def check_server(uri:str|None=None, *, timeout:float=5.0) -> None:
+    "One quick authenticated call to the tracking server at `uri`, no retries; TrackingError (one line) when it fails."
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+    uri = uri or tracking_uri()
+    key = (uri, os.environ.get("MLFLOW_TRACKING_USERNAME"), hash(os.environ.get("MLFLOW_TRACKING_PASSWORD")),
+           hash(os.environ.get("MLFLOW_TRACKING_TOKEN")))
+    if key in _CHECKED: return
+    try: r = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "POST", max_retries=0,
+                          timeout=timeout, json={"max_results": 1})
+    except Exception as e:
+        raise TrackingError(f"cannot reach the MLflow tracking server at {redact(uri)} ({_reason(e)}); start it "
+                            "(see 'Working as a team' in the README) or fix MLFLOW_TRACKING_URI") from None
+    if r.status_code != 200: raise _refusal(uri, r)
+    _CHECKED.add(key)
+
+# %% ../nbs/07_tracking.ipynb #6acb2712
+def _refusal(uri:str, r) -> TrackingError:
+    shown, body = redact(uri), redact(" ".join((r.text or "").split()))[:160]
+    if r.status_code == 401:
+        return TrackingError(f"the MLflow server at {shown} refused the credentials of {_who()} (401 Unauthorized); "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a valid login")
+    if r.status_code == 403:
+        return TrackingError(f"the MLflow server at {shown} refused {_who()} (403 Forbidden: {body}); ask an MLflow admin for access"
+                             + ("; the server allows only its configured host names (mlflow server --allowed-hosts)" if "host" in body.lower() else ""))
+    if r.status_code >= 500:
+        return TrackingError(f"the MLflow server at {shown} failed (HTTP {r.status_code}: {body}); see the server's log")
+    return TrackingError(f"{shown} answered HTTP {r.status_code} to an MLflow API call: is it an MLflow tracking server? "
+                         "check MLFLOW_TRACKING_URI (scheme, host, port and any path prefix)")
 
 # %% ../nbs/07_tracking.ipynb #3f46d1a4
 _ATTACHED: list[str] = []   # the run `attach` made current in this process

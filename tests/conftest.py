@@ -3,6 +3,8 @@ import os, shutil, sys
 from pathlib import Path
 import pytest
 
+pytest_plugins = ["servers"]  # real PostgreSQL and mlflow server fixtures (tests/servers.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 # The tests run servers beside their load generators and several workers at once on small machines: one native (OpenMP/BLAS)
 # thread per process, here and in every `mlkit` subprocess, avoids the spin-wait contention that makes model fits 20x slower.
