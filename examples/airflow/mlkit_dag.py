@@ -1,20 +1,19 @@
 """mlkit on Apache Airflow (3.x): validate → train → promote → monitor, and on a drift alert retrain → promote.
 
 Every task calls the mlkit command line and decides by its exit code, so the DAG holds no ML logic of its own:
-
-| task                | command                                   | exit codes                                                   |
-|---------------------|-------------------------------------------|--------------------------------------------------------------|
-| `validate`          | `mlkit params NAME -p FILE` for each file | 0 ok; anything else fails the run before any training        |
-| `train`, `retrain`  | `mlkit run train -p FILE`                 | 0 ok (the new version is read from its output); else fails   |
-| `promote`, `promote_retrained` | `mlkit promote NAME --version V` | 0 → `champion_moved`; 1 (the gate refused) → `champion_kept`: a decision, not a failure, shown in the graph and the log; else fails |
-| `monitor`           | `mlkit monitor --input BATCH`             | 0 → `healthy`; 3 (alert) → `retrain`; else (2 = bad input) fails |
+  validate            `mlkit params NAME -p FILE` for each params file: a typo fails the run before anything trains
+  train, retrain      `mlkit run train -p FILE` (retrain: on the labelled new data); the new version is read from its output
+  promote,            `mlkit promote NAME --version V`: 0 → `champion_moved`; 1 (the gate refused) → `champion_kept`,
+  promote_retrained     a decision, not a failure: the run goes on and the refusal shows in the graph and the log
+  monitor             `mlkit monitor --input BATCH` (or the serving log): 0 → `healthy`; 3 (drift alert) → `retrain`
+Any other exit code fails its task (2 = bad input).
 
 Configuration: the DAG's params (the "Trigger DAG" form, or `airflow dags trigger mlkit --conf '{"batch": "..."}'`), whose
-defaults come from the workers' environment (`MLKIT_WORKDIR`, `MLKIT_MODEL_NAME`, `MLKIT_TRAIN_PARAMS`, `MLKIT_PROMOTE_PARAMS`,
-`MLKIT_MONITOR_PARAMS`, `MLKIT_BATCH`, `MLKIT_LABELS`; `MLKIT_BIN` names the mlkit executable, default `mlkit` on PATH;
-`MLKIT_DAG_SCHEDULE` a schedule such as `@daily`, default none). The tracking store is `MLFLOW_TRACKING_URI`, as for any mlkit
+defaults come from the workers' environment: MLKIT_WORKDIR, MLKIT_MODEL_NAME, MLKIT_TRAIN_PARAMS, MLKIT_PROMOTE_PARAMS,
+MLKIT_MONITOR_PARAMS, MLKIT_BATCH, MLKIT_LABELS; MLKIT_BIN names the mlkit executable (default: `mlkit` on PATH) and
+MLKIT_DAG_SCHEDULE a schedule such as `@daily` (default: none). The tracking store is MLFLOW_TRACKING_URI, as for any mlkit
 command. Copy this file into the dags folder of an Airflow whose workers have mlkit installed; Airflow itself stays out of
-mlkit's dependencies. Try it locally: `python mlkit_dag.py` runs it once with `dag.test()`.
+mlkit's dependencies. `python mlkit_dag.py` runs it once, in-process, with `dag.test()`.
 """
 from __future__ import annotations
 
@@ -34,23 +33,31 @@ def _sets(items) -> list[str]:
     return [a for kv in items or [] for a in ("--set", kv)]
 
 
-def _mlkit(*args, ok=(0,)) -> tuple[int, str]:
-    "Run `mlkit ARGS` in the run's working folder, streaming its output to the task log; fail the task on an exit code not in `ok`."
+def _mlkit(*args, ok=(0,), quiet=False) -> tuple[int, str]:
+    """Run `mlkit ARGS` in the run's working folder, its output going to the task log (with `quiet`, only when it fails);
+    fail the task on an exit code not in `ok`. Returns the exit code and the output."""
     workdir = get_current_context()["params"]["workdir"]
     cmd = [MLKIT, *map(str, args)]
     print("$ " + shlex.join(cmd), flush=True)
     try:
         p = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        if not os.path.isdir(workdir):
+            raise AirflowFailException(f"workdir '{workdir}' is not a folder: set the DAG param workdir (or MLKIT_WORKDIR)") from None
         raise AirflowFailException(f"'{MLKIT}' not found: install mlkit on the Airflow workers or set MLKIT_BIN to its path") from None
-    except NotADirectoryError:
-        raise AirflowFailException(f"workdir '{workdir}' is not a folder: set the DAG param workdir (or MLKIT_WORKDIR)") from None
     lines = []
-    for line in p.stdout:
-        print(line, end="", flush=True)
-        lines.append(line)
-    rc = p.wait()
+    try:
+        for line in p.stdout:
+            if not quiet: print(line, end="", flush=True)
+            lines.append(line)
+        rc = p.wait()
+    except BaseException:       # the task is being stopped (timeout, marked failed): stop mlkit too, which records its run as KILLED
+        p.terminate()
+        try: p.wait(60)
+        except subprocess.TimeoutExpired: p.kill()
+        raise
     if rc not in ok:
+        if quiet: print("".join(lines), end="", flush=True)
         last = next((l.strip() for l in reversed(lines) if l.strip()), "(no output)")
         raise AirflowFailException(f"`{shlex.join(cmd)}` exited {rc}: {last}")
     return rc, "".join(lines)
@@ -92,9 +99,10 @@ def mlkit_pipeline():
     def validate():
         "Check every params file the run will use against its schema: a typo stops here, in a second."
         p = get_current_context()["params"]
-        _mlkit("params", "train", "-p", p["train_params"], "--set", f"model_name={p['model_name']}", *_sets(p["train_sets"]))
-        _mlkit("params", "promote", "-p", p["promote_params"], *_sets(p["promote_sets"]))
-        _mlkit("params", "monitor", "-p", p["monitor_params"], *_sets(p["monitor_sets"]))
+        _mlkit("params", "train", "-p", p["train_params"], "--set", f"model_name={p['model_name']}", *_sets(p["train_sets"]),
+               quiet=True)
+        _mlkit("params", "promote", "-p", p["promote_params"], *_sets(p["promote_sets"]), quiet=True)
+        _mlkit("params", "monitor", "-p", p["monitor_params"], *_sets(p["monitor_sets"]), quiet=True)
 
     @task
     def train() -> str:
