@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import RunnerError
 
 # %% auto #0
-__all__ = ['ENGINES', 'Terminated', 'stop_on_signals', 'ensure_kernel', 'KernelStart', 'execute_notebook', 'output_images',
-           'summarize_error']
+__all__ = ['ENGINES', 'Terminated', 'stop_on_signals', 'ensure_kernel', 'KernelStart', 'execute_in_process', 'execute_notebook',
+           'output_images', 'summarize_error']
 
 # %% ../nbs/08_execute.ipynb #8e0c0007
 class Terminated(KeyboardInterrupt):
@@ -134,6 +134,22 @@ def _inprocess_engine() -> str:
             def execute_managed_notebook(cls, nb_man, kernel_name, execution_timeout=None, **kw): _run_cells(nb_man, execution_timeout)
         papermill_engines.register("mlkit-inprocess", InProcessEngine)
     return "mlkit-inprocess"
+
+# %% ../nbs/08_execute.ipynb #8e0c0016b
+def execute_in_process(nb, *, parameters:dict|None=None, timeout:int|None=None):
+    "(the executed copy of `nb`, the exception a cell raised or None): its code cells run in this process with `parameters` injected."
+    import copy, nbformat
+    from papermill.translators import PythonTranslator
+    nb, shell = copy.deepcopy(nb), _shell()
+    at = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), -1)
+    if parameters: nb.cells.insert(at + 1, nbformat.v4.new_code_cell(PythonTranslator.codify(parameters), metadata={"tags": ["injected-parameters"]}))
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code": continue
+        cell.outputs, cell.execution_count = [_output(o) for o in shell.run(cell.source, timeout=timeout)], i + 1
+        if shell.exc is not None:
+            if isinstance(shell.exc, KeyboardInterrupt): raise shell.exc
+            return nb, shell.exc
+    return nb, None
 
 # %% ../nbs/08_execute.ipynb #8e0c0018
 ENGINES = ("kernel", "inprocess")
