@@ -66,7 +66,7 @@ def test_new_needs_no_network(tmp_path):
     assert _files(tmp_path / "offline") == {f.format(p="offline") for f in LAYOUT}
 
 
-@pytest.mark.parametrize("package, message", [
+BAD_NAMES = [
     ("Churn-Model", "package name 'Churn-Model' is not a Python identifier (ASCII letters, digits and '_', not starting with a digit): "
                     "it contains ['-']; use --package churn_model"),
     ("Churn", "package name 'Churn' has uppercase letters: Python package names are lowercase (PEP 8); use --package churn"),
@@ -76,7 +76,10 @@ def test_new_needs_no_network(tmp_path):
     ("mlkit", "package name 'mlkit' hides the installed module `mlkit` ("),
     ("sklearn", "package name 'sklearn' hides the installed module `sklearn` ("),
     ("tests", "package name 'tests' is the name of the project's own `tests` folder; use --package tests_project"),
-], ids=lambda v: v if re.fullmatch(r"[\w-]+", v) else "")
+]
+
+
+@pytest.mark.parametrize("package, message", [pytest.param(p, m, id=p) for p, m in BAD_NAMES])
 def test_an_invalid_package_name_is_refused_with_the_reason_and_a_fix(tmp_path, package, message):
     r = run_mlkit("new", tmp_path / "proj", "--package", package, timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
