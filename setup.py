@@ -30,8 +30,8 @@ setuptools.setup(
                 + (['License :: ' + lic[1]] if lic[1] else []),
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['mlkit', 'mlkit.*']),
-    # the pipeline notebooks ship inside the package (mlkit/pipelines links to nbs/pipelines)
-    package_data={'mlkit': ['pipelines/*.ipynb', 'pipelines/*.yaml', 'params/*.yaml']},
+    # the pipeline notebooks ship inside the package (mlkit/pipelines links to nbs/pipelines), and so does the template of `mlkit new`
+    package_data={'mlkit': ['pipelines/*.ipynb', 'pipelines/*.yaml', 'params/*.yaml', 'templates/project/**/*']},
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements},

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 # %% auto #0
-__all__ = ['cli_run', 'cli_reproduce', 'cli_params', 'cli_pipelines', 'cli_kernel']
+__all__ = ['cli_run', 'cli_reproduce', 'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
 
 # %% ../nbs/15a_commands.ipynb #24b077db
 def cli_run(args) -> int:
@@ -48,4 +48,11 @@ def cli_kernel(args) -> int:
     "`mlkit kernel`: register the project's Jupyter kernel."
     from mlkit.execute import ensure_kernel
     print(f"kernel 'mlkit' → {sys.executable} ({ensure_kernel()})")
+    return 0
+
+# %% ../nbs/15a_commands.ipynb #c0ad0n02
+def cli_new(args) -> int:
+    "`mlkit new PATH [--package NAME]`: a new project in mlkit's layout, from the template shipped with mlkit."
+    from mlkit.project import new_project, next_steps
+    print(next_steps(new_project(args.path, package=args.package)))
     return 0
