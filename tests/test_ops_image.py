@@ -138,6 +138,7 @@ def _base_image(podman, tmp):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_image_builds_and_serves(trained_store, tmp_path):
     podman = _podman()
     t0 = time.monotonic()
