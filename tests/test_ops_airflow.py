@@ -119,7 +119,7 @@ def _section(log:str, name:str) -> str:
 
 def _champion(uri:str) -> str:
     import mlflow
-    return mlflow.MlflowClient(tracking_uri=uri).get_model_version_by_alias("credit", "champion").version
+    return str(mlflow.MlflowClient(tracking_uri=uri).get_model_version_by_alias("credit", "champion").version)
 
 
 def test_bad_params_stop_at_validate(dag_runs):

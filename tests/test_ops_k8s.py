@@ -2,7 +2,6 @@
 (ports, probes, Secret, ConfigMap, autoscaler, the monitoring CronJob's command), and the probes answered by a real `mlkit serve`
 started by the image's entrypoint with the Deployment's environment."""
 import copy, os, re, subprocess
-from pathlib import Path
 import pytest, yaml
 from conftest import BIN, ROOT, mlkit_cmd, run_mlkit
 from ops_tools import free_port, start, stop, tool_venv, wait_for

@@ -205,11 +205,12 @@ def stack(trained_store, tmp_path_factory):
         mlflow.set_tracking_uri(store["uri"])            # MLflow resolves the version's source through the default store
         try: v2 = client.create_model_version("credit", v1.source, run_id=v1.run_id)
         finally: mlflow.set_tracking_uri(prev)
-        client.set_registered_model_alias("credit", "champion", v2.version)
-        wait_for(lambda: http.get(f"{url}/ready").json()["model_version"] == v2.version, timeout=60, what="the hot reload to v2")
+        client.set_registered_model_alias("credit", "champion", str(v2.version))
+        v2 = str(v2.version)                              # MLflow 3 returns the version as an int; mlkit's answers carry a str
+        wait_for(lambda: http.get(f"{url}/ready").json()["model_version"] == v2, timeout=60, what="the hot reload to v2")
         http.post(f"{url}/invocations", **_invocation(batch[:4], token)).raise_for_status()
         yield {"http": http, "serve": sp, "gateway": gp, "prometheus": pp, "token": token, "payload": payload, "table": table,
-               "pushed": pushed, "bad": bad, "v2": v2.version, "dir": d}
+               "pushed": pushed, "bad": bad, "v2": v2, "dir": d}
     finally:
         for p in procs: stop(p)
         http.close()

@@ -2,8 +2,7 @@
 Checked against the published schemas with check-jsonschema's vendored copies (offline: run in a network namespace with no
 network when this machine allows one), and their exit-code handling run for real: the monitor steps' own shell scripts
 against a real `mlkit monitor` on a shifted batch."""
-import os, re, shutil, subprocess
-from pathlib import Path
+import os, shutil, subprocess
 import pytest, yaml
 from conftest import BIN, ROOT, run_mlkit
 from ops_tools import tool_venv
