@@ -10,7 +10,7 @@ CASE = r'''
 import json, os, resource, sys, time
 os.environ["OMP_NUM_THREADS"] = "1"
 import pandas as pd, skops.io as sio
-from mlkit.serve import ServedModel
+from mlkit.payload import ServedModel
 from mlkit.score import score_file
 d, case, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 m = sio.load(f"{d}/model.skops", trusted=sio.get_untrusted_types(file=f"{d}/model.skops"))

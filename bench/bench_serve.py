@@ -72,7 +72,7 @@ def run_py(url, body_file, clients, seconds):
 
 def inprocess(m, X, n=300):
     "p50 ms of pipeline.predict on one row (a DataFrame, as in any Python caller) and of mlkit's compiled path."
-    from mlkit.serve import ServedModel
+    from mlkit.payload import ServedModel
     from mlkit import data as md
     sm = ServedModel(m, schema=md.infer_schema(X.assign(default=0), target="default"), name="credit")
     row = X.head(1); cols = {c: [v] for c, v in json.loads(row.to_json(orient="records"))[0].items()}

@@ -8,7 +8,7 @@ import os, sys, tempfile, time
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import DataError, ServeError
-from .serve import ServedModel, _kind, _str_categories, load_served_model
+from .payload import ServedModel, _kind, _str_categories, load_served_model
 
 # %% auto #0
 __all__ = ['check_header', 'split_bad_rows', 'score_chunk', 'iter_chunks', 'count_rows', 'ChunkWriter', 'check_paths',
