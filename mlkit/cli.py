@@ -12,6 +12,8 @@ __all__ = ['COMMANDS', 'make_parser', 'set_thread_policy', 'main']
 # %% ../nbs/15_cli.ipynb #7c37ff04
 _SET = (("--set",), dict(action="append", default=[], metavar="KEY=VALUE", help="override a parameter; dotted keys for nesting (repeatable)"))
 _UNSEEN = (("--unseen",), dict(choices=["pipeline", "reject"], default="pipeline", help="unseen categories: let the encoder handle them (default), or reject the row"))
+_POLICY = (("--input-policy",), dict(dest="input_policy", choices=["mlflow", "strict"], default=None,
+            help="mlflow (default): convert numbers sent as text, ignore unused columns, let the pipeline impute nulls, as MLflow does; strict: refuse them"))
 _PARAMS = lambda default=None: (("-p", "--params"), dict(default=default, metavar="PARAMS.yaml", help="YAML parameter file" + (f" (default: {default})" if default else "")))
 
 COMMANDS = {
@@ -53,22 +55,26 @@ COMMANDS = {
     "history": ("mlkit.gate:cli_history", "show every alias move of a registered model", [(("model",), dict(help="registered model name"))]),
     "serve": ("mlkit.serve:cli_serve", "serve a model over HTTP (MLflow-compatible /invocations, /predict, /metrics, ...)", [
         (("--model",), dict(default="models:/credit@champion", help="model URI (default: models:/credit@champion)")),
-        (("--host",), dict(default="127.0.0.1", help="bind address (default: 127.0.0.1)")),
+        (("--host",), dict(default="127.0.0.1", help="bind address (default: 127.0.0.1); any other needs a token or --allow-unauthenticated")),
         (("--port",), dict(type=int, default=8000, help="port (default: 8000)")),
         (("--workers",), dict(type=int, default=1, help="worker processes (default: 1)")),
         (("--log-dir",), dict(dest="log_dir", default=None, help="prediction log folder (default: ./prediction_log; `none` disables the log)")),
         (("--sample-rate",), dict(dest="sample_rate", type=float, default=1.0, help="fraction of requests logged (default: 1.0)")),
-        (("--token-env",), dict(dest="token_env", default="MLKIT_SERVE_TOKEN", help="env var holding the bearer token; auth is off when unset")),
+        (("--token-env",), dict(dest="token_env", default="MLKIT_SERVE_TOKEN", help="env var holding the bearer token (default: MLKIT_SERVE_TOKEN)")),
+        (("--allow-unauthenticated",), dict(dest="allow_unauthenticated", action="store_true",
+                                            help="serve on a non-loopback --host without a bearer token, on purpose")),
         (("--reload-interval",), dict(dest="reload_interval", type=float, default=2.0, help="seconds between checks of the model alias (0 = never reload)")),
-        _UNSEEN,
-        (("--max-body-bytes",), dict(dest="max_body_bytes", type=int, default=1_048_576, help="request size limit (413 above it; default 1 MiB)"))]),
+        _UNSEEN, _POLICY,
+        (("--max-body-bytes",), dict(dest="max_body_bytes", type=int, default=1_048_576, help="request size limit, at least 1024 (413 above it; default 1 MiB)")),
+        (("--max-rows",), dict(dest="max_rows", type=int, default=None, help="rows per request (413 above it; default 10000)")),
+        (("--max-batch-rows",), dict(dest="max_batch_rows", type=int, default=None, help="rows merged into one predict call (default 4096)"))]),
     "score": ("mlkit.score:cli_score", "batch-score a CSV/Parquet file in bounded memory", [
         (("--model",), dict(default="models:/credit@champion", help="model URI (default: models:/credit@champion)")),
         (("--input",), dict(required=True, help="CSV or Parquet file (or folder of Parquet files)")),
         (("--output",), dict(required=True, help="output file (.csv or .parquet)")),
         (("--chunksize",), dict(type=int, default=100_000, help="rows per chunk (default: 100000)")),
         (("--engine",), dict(choices=["local", "dask"], default="local", help="local (default) or dask")),
-        (("--scheduler",), dict(help="Dask scheduler address (default: a LocalCluster)")), _UNSEEN]),
+        (("--scheduler",), dict(help="Dask scheduler address (default: a LocalCluster)")), _UNSEEN, _POLICY]),
     "monitor": ("mlkit.monitor:cli_monitor", "drift and performance report; exit 0 healthy, 3 alert, other on error", [
         _PARAMS("params/monitor.yaml"), _SET,
         (("--model",), dict(help="model URI (default: from params)")),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_payload.ipynb #b1a00004
 from __future__ import annotations
-import json
+import json, sys
 from datetime import datetime, timezone
 import numpy as np, pandas as pd
 from fastcore.basics import patch
@@ -12,8 +12,8 @@ from .core import ServeError, did_you_mean
 from .compile import FastPath, _is_null, _kind, _str_categories, columns_to_frame, compile_pipeline, synthetic_rows, verify_compiled
 
 # %% auto #0
-__all__ = ['FORMATS', 'TOO_DEEP', 'InputError', 'ServedModel', 'records_to_columns', 'parse_payload', 'load_served_model',
-           'request_models']
+__all__ = ['POLICIES', 'FORMATS', 'TOO_DEEP', 'InputError', 'ServedModel', 'records_to_columns', 'parse_payload',
+           'load_served_model', 'request_models']
 
 # %% ../nbs/12a_payload.ipynb #5a404b3d
 class InputError(ServeError):
@@ -49,6 +49,23 @@ class ServedModel:
 
     def __repr__(self): return f"ServedModel({self.name or self.uri}, version={self.version}, fast={self.fast is not None})"
 
+# %% ../nbs/12a_payload.ipynb #3d4aa0ca
+def _example_value(spec:dict):
+    "A plausible value for a column: the middle of a numeric range, the first category."
+    k = _kind(spec)
+    if k == "numeric":
+        mid = (float(spec.get("min") or 0) + float(spec.get("max") or 0)) / 2
+        return int(mid) if mid == int(mid) or abs(mid) > 10 else round(mid, 2)
+    if k == "categorical": return (spec.get("categories") or ["a"])[0]
+    return True if k == "boolean" else "2024-01-01T00:00:00"
+
+# %% ../nbs/12a_payload.ipynb #3d4aa0c9
+@patch(as_prop=True)
+def example(self:ServedModel) -> dict:
+    "One column of a record this model accepts, for error messages: {first input column: a plausible value}."
+    c = self.inputs[0] if self.inputs else "x"
+    return {c: _example_value(self.specs.get(c, {}))}
+
 # %% ../nbs/12a_payload.ipynb #3d4aa0cc
 @patch
 def predict(self:ServedModel, cols:dict, n:int) -> tuple[np.ndarray, np.ndarray|None]:
@@ -68,6 +85,18 @@ def _expected(k:str, want:tuple) -> str:
     "How to name the type a column of kind `k` expects."
     return {"numeric": "a finite number", "datetime": "an ISO 8601 date-time string"}.get(k, f"a {want[0].__name__}")
 
+# %% ../nbs/12a_payload.ipynb #aa514d92
+_MAX_FLOAT = sys.float_info.max
+
+def _show(v) -> str:
+    "`repr(v)`, cut to 60 characters: a message quotes the offending value, not a megabyte of it."
+    r = repr(v)
+    return r if len(r) <= 60 else f"{r[:40]}… ({len(r)} characters)"
+
+# %% ../nbs/12a_payload.ipynb #aa514d93
+def _out_of_range(c, i, v) -> InputError:
+    return _value_error(c, i, f"number {_show(v)} is out of range (a finite 64-bit float: magnitude at most 1.8e308)", "out_of_range")
+
 # %% ../nbs/12a_payload.ipynb #aa514d91
 def _check_column(c:str, spec:dict, vals:list, *, reject_unseen:bool) -> None:
     "Raise `InputError` at the first value of column `c` that does not fit `spec`."
@@ -79,28 +108,107 @@ def _check_column(c:str, spec:dict, vals:list, *, reject_unseen:bool) -> None:
         if v is None or (v.__class__ is float and v != v):
             if not nullable:
                 raise _value_error(c, i, "null is not allowed (the training data had no missing values here); send a value", "null_value")
-        elif v.__class__ not in want or (k == "numeric" and v in (float("inf"), float("-inf"))):
-            raise _value_error(c, i, f"expected {_expected(k, want)}, got {v!r}")
+        elif v.__class__ not in want: raise _value_error(c, i, f"expected {_expected(k, want)}, got {_show(v)}")
+        elif k == "numeric" and (v in (float("inf"), float("-inf")) or abs(v) > _MAX_FLOAT): raise _out_of_range(c, i, v)
         elif cats is not None and v not in cats:
-            raise _value_error(c, i, f"unseen category {v!r}{did_you_mean(v, cats)}; known: {sorted(map(str, cats))}", "unseen_category")
+            raise _value_error(c, i, f"unseen category {_show(v)}{did_you_mean(str(v), cats)}; known: {sorted(map(str, cats))}",
+                               "unseen_category")
         elif k == "datetime":
             try: datetime.fromisoformat(v)
-            except ValueError: raise _value_error(c, i, f"expected an ISO 8601 date-time string, got {v!r}") from None
+            except ValueError: raise _value_error(c, i, f"expected an ISO 8601 date-time string, got {_show(v)}") from None
+
+# %% ../nbs/12a_payload.ipynb #061725a2
+@patch
+def _extra_columns(self:ServedModel, cols:dict, n:int, *, allowed:bool) -> list[str]:
+    "The columns of `cols` the model does not know; InputError for a missing column, an unequal length, or (unless `allowed`) an extra."
+    missing = [c for c in self.inputs if c not in cols]
+    if missing:
+        raise InputError(f"column '{missing[0]}' is missing; the model needs {self.inputs}", kind="missing_column", column=missing[0])
+    extra = []
+    for c in cols:
+        if c not in self.specs and c not in self.optional:
+            if not allowed:
+                raise InputError(f"unexpected column {_show(c)}{did_you_mean(c, self.inputs)}; the model accepts {self.inputs}",
+                                 kind="extra_column", column=c)
+            extra.append(c)
+        if len(cols[c]) != n: raise InputError(f"column {_show(c)} has {len(cols[c])} values, other columns have {n}", kind="bad_shape", column=c)
+    return extra
 
 # %% ../nbs/12a_payload.ipynb #061725a3
 @patch
 def check(self:ServedModel, cols:dict, n:int) -> None:
-    "Raise `InputError` naming the column and row of the first problem in the parsed request `cols` with `n` rows."
-    missing = [c for c in self.inputs if c not in cols]
-    if missing:
-        raise InputError(f"column '{missing[0]}' is missing; the model needs {self.inputs}", kind="missing_column", column=missing[0])
-    for c in cols:
-        if c not in self.specs and c not in self.optional:
-            raise InputError(f"unexpected column '{c}'{did_you_mean(c, self.inputs)}; the model accepts {self.inputs}",
-                             kind="extra_column", column=c)
-        if len(cols[c]) != n: raise InputError(f"column '{c}' has {len(cols[c])} values, other columns have {n}", kind="bad_shape", column=c)
+    "Raise `InputError` naming the column and row of the first problem in the parsed request `cols` with `n` rows (the strict policy)."
+    self._extra_columns(cols, n, allowed=False)
     reject = self.unseen == "reject" or (self.fast is not None and not self.fast.unseen_ok)
     for c in self.inputs: _check_column(c, self.specs[c], cols[c], reject_unseen=reject)
+
+# %% ../nbs/12a_payload.ipynb #2da84651
+POLICIES = ("mlflow", "strict")
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+# %% ../nbs/12a_payload.ipynb #2da84652
+def _to_number(c, i, v) -> float|None:
+    "`v` as a finite float (None for a null); InputError when it is not a number."
+    if v is None or v.__class__ is bool: return None if v is None else float(v)
+    if v.__class__ is str:
+        try: v = float(v.strip())
+        except ValueError: raise _value_error(c, i, f"expected a number, got {_show(v)}") from None
+        if v != v: return None
+    elif v.__class__ not in (int, float): raise _value_error(c, i, f"expected a number, got {_show(v)}")
+    if v in (float("inf"), float("-inf")) or abs(v) > _MAX_FLOAT: raise _out_of_range(c, i, v)
+    return v
+
+# %% ../nbs/12a_payload.ipynb #2da84653
+def _to_kind(c:str, spec:dict, i:int, v):
+    "`v` converted to the type of a non-numeric column (kind categorical, boolean or datetime); InputError when it cannot be."
+    k = _kind(spec)
+    bad = lambda: _value_error(c, i, f"expected {_expected(k, (bool,) if k == 'boolean' else (str,))}, got {_show(v)}")
+    if k == "datetime":
+        try: datetime.fromisoformat(v); return v
+        except (TypeError, ValueError): raise bad() from None
+    if k == "boolean":
+        if v.__class__ is str and v.strip().lower() in _BOOLS: return _BOOLS[v.strip().lower()]
+        if v.__class__ in (int, float) and v in (0, 1): return bool(v)
+        raise bad()
+    if v.__class__ in (list, dict): raise bad()
+    if _str_categories(spec): return v if v.__class__ is str else str(v)
+    if v.__class__ is str:  # categories that are numbers: "3" is 3
+        try: return int(v) if v.strip().lstrip("+-").isdigit() else float(v)
+        except ValueError: return v  # an unseen category: the unseen policy decides
+    return v
+
+# %% ../nbs/12a_payload.ipynb #2da84654
+def _coerce_column(c:str, spec:dict, vals:list) -> tuple[list, bool, bool]:
+    "(values of column `c` converted to its type, whether any value changed, whether a null came); InputError when one cannot be converted."
+    k, out, changed, nulls = _kind(spec), vals, False, False
+    ok = {"numeric": (int, float), "boolean": (bool,), "datetime": (str,)}.get(k, (str,) if _str_categories(spec) else (str, int, float))
+    for i, v in enumerate(vals):
+        if v is None or (v.__class__ is float and v != v): nulls = True; continue
+        if v.__class__ in ok and k not in ("numeric", "datetime"): continue
+        new = _to_number(c, i, v) if k == "numeric" else _to_kind(c, spec, i, v)
+        if new is v or (new == v and new.__class__ is v.__class__): continue
+        if out is vals: out = list(vals)
+        out[i], changed = new, True
+        if new is None: nulls = True
+    return out, changed, nulls
+
+# %% ../nbs/12a_payload.ipynb #2da84656
+@patch
+def conform(self:ServedModel, cols:dict, n:int, *, policy:str="mlflow") -> tuple[dict, dict]:
+    "(`cols` fitted to the model under `policy`, what was changed: {'coerced'|'ignored'|'imputed': [columns]}); InputError if it cannot be."
+    if policy not in POLICIES: raise ServeError(f"input policy must be one of {list(POLICIES)}, got {policy!r}")
+    if policy == "strict": self.check(cols, n); return cols, {}
+    extra = self._extra_columns(cols, n, allowed=True)
+    out, notes = {c: v for c, v in cols.items() if c not in extra}, {"coerced": [], "imputed": [], "ignored": extra}
+    for c in self.inputs:
+        out[c], changed, nulls = _coerce_column(c, self.specs[c], cols[c])
+        if changed: notes["coerced"].append(c)
+        if nulls and not self.specs[c].get("nullable", True): notes["imputed"].append(c)
+    reject = self.unseen == "reject" or (self.fast is not None and not self.fast.unseen_ok)
+    if reject:
+        for c in self.inputs:
+            if _kind(self.specs[c]) == "categorical": _check_column(c, {**self.specs[c], "nullable": True}, out[c], reject_unseen=True)
+    return out, {k: v for k, v in notes.items() if v}
 
 # %% ../nbs/12a_payload.ipynb #d62f2a49
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -118,10 +226,14 @@ def _loads(body:bytes, hint:str=""):
         raise _bad(f"request body is not valid JSON ({e}){hint}", "malformed_json") from None
 
 # %% ../nbs/12a_payload.ipynb #d62f2a4d
-def records_to_columns(records) -> tuple[dict, int]:
-    "A list of {column: value} records as ({column: values}, n); a key absent from a record is a null."
+def _records_hint(example:dict|None) -> str:
+    "A list of records like the model takes, e.g. `[{\"income\": 52000, ...}, ...]`."
+    return f"[{json.dumps(example or {'x': 1})[:-1]}, ...}}, ...]"
+
+def records_to_columns(records, *, example:dict|None=None) -> tuple[dict, int]:
+    "A list of {column: value} records as ({column: values}, n); a key absent from a record is a null. `example` shows a valid record."
     if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
-        raise _bad("records must be a non-empty list of JSON objects, one per row: [{\"age\": 41, ...}, ...]")
+        raise _bad(f"records must be a non-empty list of JSON objects, one per row: {_records_hint(example)}")
     if len(records) == 1: return {str(k): [v] for k, v in records[0].items()}, 1
     keys = list(dict.fromkeys(k for r in records for k in r))
     return {str(k): [r.get(k) for r in records] for k in keys}, len(records)
@@ -141,9 +253,9 @@ def _split_to_columns(split) -> tuple[dict, int]:
     return {c: [r[j] for r in data] for j, c in enumerate(cols)}, len(data)
 
 # %% ../nbs/12a_payload.ipynb #d62f2a4f
-def _columnar(obj) -> tuple[dict, int]:
+def _columnar(obj, example:dict|None=None) -> tuple[dict, int]:
     "`inputs`/`instances`: a list of records, an object of equal-length column lists, or one record."
-    if isinstance(obj, list): return records_to_columns(obj)
+    if isinstance(obj, list): return records_to_columns(obj, example=example)
     if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
         n = len(next(iter(obj.values())))
         if n == 0: raise _bad("inputs has no rows")
@@ -152,34 +264,56 @@ def _columnar(obj) -> tuple[dict, int]:
         return {str(k): [v] for k, v in obj.items()}, 1
     raise _bad("inputs/instances must be a list of records, an object of equal-length column lists, or one record")
 
+# %% ../nbs/12a_payload.ipynb #aa98e8df
+def _csv_number(v):
+    "A CSV cell of a numeric column as a number when it is one (a huge integer stays an int, for the range check); else as it is."
+    if v.__class__ is not str: return v
+    try: f = float(v)
+    except ValueError: return v
+    if f in (float("inf"), float("-inf")) and v.strip().lstrip("+-").isdigit(): return int(v)
+    return f
+
 # %% ../nbs/12a_payload.ipynb #aa98e8e0
 def _parse_csv(body:bytes, str_columns) -> tuple[dict, int]:
-    "A CSV body with a header row as ({column: values}, n); missing cells are None."
+    "A CSV body with a header row as ({column: values}, n); missing cells are None, numbers in other columns numbers."
     import io
     try: df = pd.read_csv(io.BytesIO(body), dtype={c: "str" for c in str_columns})
     except Exception as e:  # any parser failure is the client's CSV
         why = str(e).splitlines()[0][:200] if str(e) else ""
         raise _bad(f"body is not valid CSV with a header row ({type(e).__name__}: {why})", "malformed_csv") from None
     if df.empty: raise _bad("CSV body has no rows", "malformed_csv")
-    return {str(c): [None if _is_null(v) else v for v in df[c].tolist()] for c in df.columns}, len(df)
+    out = {str(c): [None if _is_null(v) else v for v in df[c].tolist()] for c in df.columns}
+    for c in out:  # pandas reads a numeric column holding one odd cell (text, a huge integer) as text: numbers back to numbers
+        if c not in str_columns and df[c].dtype.kind not in "fiubM": out[c] = [_csv_number(v) for v in out[c]]
+    return out, len(df)
 
 # %% ../nbs/12a_payload.ipynb #aa98e8e1
-def parse_payload(body:bytes, content_type:str|None=None, *, str_columns=(), max_rows:int=10_000) -> tuple[dict, int]:
-    "Parse an MLflow scoring request (JSON formats or CSV) into ({column: values}, n_rows); `InputError` (400/413/415) otherwise."
-    mime = (content_type or "application/json").split(";")[0].strip().lower()
+def _params(obj:dict) -> dict:
+    "The request's inference `params` (MLflow's protocol): an object, or nothing."
+    p = obj.get("params")
+    if p is None: return {}
+    if not isinstance(p, dict): raise _bad(f"params must be a JSON object such as {{\"predict_method\": \"predict_proba\"}}, got {_show(p)}")
+    return p
+
+# %% ../nbs/12a_payload.ipynb #aa98e8e2
+def parse_payload(body:bytes, content_type:str|None=None, *, str_columns=(), max_rows:int=10_000,
+                  example:dict|None=None) -> tuple[dict, int, dict]:
+    "Parse an MLflow scoring request (JSON formats or CSV) into ({column: values}, n_rows, params); `InputError` (400/413/415) otherwise."
+    mime, params = (content_type or "application/json").split(";")[0].strip().lower(), {}
     if mime == "text/csv": cols, n = _parse_csv(body, str_columns)
     elif mime in ("application/json", "*/*", ""):
         obj = _loads(body, "; send an object such as {\"dataframe_records\": [...]}")
         keys = [k for k in FORMATS if isinstance(obj, dict) and k in obj]
         if not isinstance(obj, dict) or len(keys) != 1 or set(obj) - {*FORMATS, "params"}:
             got = list(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise _bad(f"the body must be a JSON object with exactly one of {list(FORMATS)} (and optionally 'params'); got {got}")
-        k = keys[0]
-        parse = {"dataframe_split": _split_to_columns, "dataframe_records": records_to_columns}.get(k, _columnar)
-        cols, n = parse(obj[k])
+            raise _bad(f"the body must be a JSON object with exactly one of {list(FORMATS)} (and optionally 'params'); got {_show(got)}")
+        k, params = keys[0], _params(obj)
+        if k == "dataframe_split": cols, n = _split_to_columns(obj[k])
+        elif k == "dataframe_records": cols, n = records_to_columns(obj[k], example=example)
+        else: cols, n = _columnar(obj[k], example)
     else: raise _bad(f"unsupported content type {mime!r}; send application/json or text/csv", "unsupported_media_type", 415)
     if n > max_rows: raise _bad(f"{n} rows in one request; the limit is {max_rows} (use `mlkit score` for batches)", "too_many_rows", 413)
-    return cols, n
+    return cols, n, params
 
 # %% ../nbs/12a_payload.ipynb #26d28ba7
 def _lineage(run_id:str|None) -> dict:

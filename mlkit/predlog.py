@@ -4,7 +4,7 @@
 
 # %% ../nbs/12b_predlog.ipynb #c2b00003
 from __future__ import annotations
-import logging, os, queue, random, threading, time
+import logging, os, queue, random, tempfile, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -14,7 +14,7 @@ from .compile import _is_null, _kind, _str_categories
 from .payload import ServedModel
 
 # %% auto #0
-__all__ = ['write_log_file', 'read_prediction_log', 'PredictionLog']
+__all__ = ['write_log_file', 'read_prediction_log', 'check_log_dir', 'PredictionLog']
 
 # %% ../nbs/12b_predlog.ipynb #61a4c83c
 def _arrow_column(values:list, spec:dict|None):
@@ -56,12 +56,28 @@ def read_prediction_log(folder:str|Path, *, since:datetime|None=None) -> pd.Data
     df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     return df if since is None else df[df["timestamp"] >= pd.Timestamp(since)].reset_index(drop=True)
 
+# %% ../nbs/12b_predlog.ipynb #61a4c851
+def check_log_dir(folder:str|Path) -> Path:
+    "`folder` as a Path, created if missing; ServeError when it is a file or cannot be written."
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise ServeError(f"--log-dir {p} is a file, not a folder; name a folder for the prediction log (it is created if missing), "
+                         "or --log-dir none to serve without one")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".mlkit-write-check-"); os.close(fd); os.unlink(probe)
+    except OSError as e:
+        raise ServeError(f"--log-dir {p} cannot be written ({e.strerror}); name a folder this user can write, "
+                         "or --log-dir none to serve without a prediction log") from None
+    return p
+
 # %% ../nbs/12b_predlog.ipynb #ef3fbbfd
 class PredictionLog:
     "Sampled, bounded log of served predictions, written to Parquet by a background thread."
     def __init__(self, folder:str|Path, *, sample_rate:float=1.0, max_queue:int=1000, flush_rows:int=5000,
                  flush_seconds:float=5.0, on_drop=None):
         if not 0 <= sample_rate <= 1: raise ServeError(f"sample rate must be between 0 and 1, got {sample_rate}")
+        check_log_dir(folder)
         self.folder, self.rate, self.flush_rows, self.flush_seconds = Path(folder), sample_rate, flush_rows, flush_seconds
         self.on_drop, self.q, self.files, self.dropped, self._seq = on_drop, queue.Queue(max_queue), [], 0, 0
         self.thread = threading.Thread(target=self._run, name="mlkit-prediction-log", daemon=True)

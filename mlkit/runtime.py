@@ -4,7 +4,7 @@
 
 # %% ../nbs/12c_runtime.ipynb #d3c00004
 from __future__ import annotations
-import asyncio, hmac, json, logging, queue, threading, time
+import asyncio, hmac, json, logging, queue, threading, time, uuid
 import numpy as np
 from fastcore.basics import patch
 from .payload import InputError, ServedModel, load_served_model
@@ -63,7 +63,8 @@ def _score(self:Batcher, items:list):
         if len(items) > 1:
             for it in items: self._score([it])
             return
-        err = InputError(f"the model could not score this input: {e}", kind="model_rejected") if isinstance(e, (ValueError, TypeError)) else e
+        bad_input = isinstance(e, (ValueError, TypeError, ArithmeticError))
+        err = InputError(f"the model could not score this input: {str(e)[:300]}", kind="model_rejected") if bad_input else e
         return items[0][4].call_soon_threadsafe(_resolve, items[0][3], False, err)
     if self.on_batch: self.on_batch(model, labels, len(items))
     start = 0
@@ -128,6 +129,8 @@ class ServeMetrics:
         self.info = Info("mlkit_model", "The served model", registry=r)
         self.reloads = Counter("mlkit_model_reloads", "Hot reloads by result", ["result"], registry=r)
         self.log_dropped = Counter("mlkit_prediction_log_dropped", "Prediction-log entries dropped because the queue was full", registry=r)
+        self.adjusted = Counter("mlkit_input_adjustments", "Request columns coerced to their type, ignored (not used by the model; "
+                                "column label 'extra') or with nulls left to the pipeline to impute", ["action", "column"], registry=r)
 
     def set_model(self, m:ServedModel):
         "Record which model is served."
@@ -145,41 +148,83 @@ def count_predictions(self:ServeMetrics, m:ServedModel, labels, n_requests:int):
     for lab, k in zip(*np.unique(labels, return_counts=True)): self.classes.labels(m.version or "", str(lab)).inc(int(k))
 
 # %% ../nbs/12c_runtime.ipynb #09bf3431
-_ENDPOINTS = {"/invocations", "/predict", "/health", "/ready", "/metadata", "/metrics", "/openapi.json", "/docs"}
+_ENDPOINTS = {"/invocations", "/predict", "/health", "/ready", "/metadata", "/metrics", "/openapi.json", "/docs",
+              "/v2/health/ready", "/v2/health/live", "/v2"}
+_OPEN = {"/health", "/ready", "/v2/health/ready", "/v2/health/live"}
+
+# %% ../nbs/12c_runtime.ipynb #09bf3434
+def _bearer(header:bytes) -> bytes|None:
+    "The credentials of an `Authorization: Bearer <token>` header (scheme in any case), or None."
+    scheme, _, cred = header.strip().partition(b" ")
+    return cred.strip() if scheme.lower() == b"bearer" and cred.strip() else None
+
+# %% ../nbs/12c_runtime.ipynb #09bf3435
+def _request_id(header:bytes|None) -> str:
+    "The client's request id when it is 1-128 characters of [A-Za-z0-9._:-], else a new one."
+    if header and len(header) <= 128 and header.replace(b"-", b"").replace(b"_", b"").replace(b".", b"").replace(b":", b"").isalnum():
+        return header.decode()
+    return uuid.uuid4().hex
 
 # %% ../nbs/12c_runtime.ipynb #09bf3432
 class Guard:
-    "ASGI middleware: bearer-token auth, request-size limit, request metrics."
-    def __init__(self, app, *, metrics:ServeMetrics, token:str|None=None, max_body_bytes:int=1 << 20):
-        self.app, self.metrics, self.max_body = app, metrics, max_body_bytes
-        self.auth = f"Bearer {token}".encode() if token else None
+    "ASGI middleware: bearer-token auth, request-size limit, request ids, request metrics and log records, internal errors as 500s."
+    def __init__(self, app, *, metrics:ServeMetrics, token:str|None=None, max_body_bytes:int=1 << 20, holder=None):
+        self.app, self.metrics, self.max_body, self.holder = app, metrics, max_body_bytes, holder
+        self.token = token.encode() if token else None
+        self.log = logging.getLogger("mlkit.serve.access")
 
-    async def _refuse(self, send, status, kind, message, headers=()):
+    async def _refuse(self, send, status:int, kind:str, message:str, headers=(), **extra):
+        "Answer `status` with a JSON error body, counted by `kind`."
         self.metrics.errors.labels(kind).inc()
-        body = json.dumps({"error_code": kind.upper(), "message": message}).encode()
+        body = json.dumps({"error_code": kind.upper(), "message": message, **extra}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
         await send({"type": "http.response.body", "body": body})
+
+# %% ../nbs/12c_runtime.ipynb #09bf3437
+@patch
+def _denied(self:Guard, path:str, headers:dict) -> bool:
+    "Whether the request lacks the bearer token this app requires."
+    if self.token is None or path in _OPEN or (path.startswith("/v2/models/") and path.endswith("/ready")): return False
+    cred = _bearer(headers.get(b"authorization", b""))
+    return cred is None or not hmac.compare_digest(cred, self.token)
 
 # %% ../nbs/12c_runtime.ipynb #09bf3433
 @patch
 async def __call__(self:Guard, scope, receive, send):
     if scope["type"] != "http": return await self.app(scope, receive, send)
-    t0, path, status = time.perf_counter(), scope["path"], [500]
-    endpoint = path if path in _ENDPOINTS else "other"
+    t0, path, state, headers = time.perf_counter(), scope["path"], {"status": 500, "started": False}, dict(scope["headers"])
+    rid = _request_id(headers.get(b"x-request-id"))
+    scope.setdefault("state", {})["request_id"] = rid
     async def send_(msg):
-        if msg["type"] == "http.response.start": status[0] = msg["status"]
+        if msg["type"] == "http.response.start":
+            state["status"], state["started"] = msg["status"], True
+            msg = {**msg, "headers": [*msg.get("headers", ()), (b"x-request-id", rid.encode())]}
         await send(msg)
     try:
-        headers = dict(scope["headers"])
-        if self.auth and path not in ("/health", "/ready") and not hmac.compare_digest(headers.get(b"authorization", b""), self.auth):
-            return await self._refuse(send_, 401, "unauthorized", "missing or wrong bearer token; send the header 'Authorization: Bearer <token>'",
-                                      [(b"www-authenticate", b"Bearer")])
+        if self._denied(path, headers):
+            return await self._refuse(send_, 401, "unauthorized", "missing or wrong bearer token; send the header "
+                                      "'Authorization: Bearer <token>'", [(b"www-authenticate", b"Bearer")])
         size = headers.get(b"content-length", b"0")
         if not size.isdigit() or int(size) > self.max_body:
             return await self._refuse(send_, 413 if size.isdigit() else 400, "too_large" if size.isdigit() else "bad_header",
-                                      f"request body of {size.decode(errors='replace')} bytes; the limit is {self.max_body} bytes")
+                                      f"request body of {size.decode(errors='replace')[:40]} bytes; the limit is {self.max_body} bytes")
         await self.app(scope, receive, send_)
-    finally:
-        self.metrics.requests.labels(endpoint, str(status[0])).inc()
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+    except Exception:
+        if state["started"]: raise  # too late for an answer: let the server end the connection
+        eid = uuid.uuid4().hex[:12]
+        logging.getLogger("mlkit.serve").error("internal error %s on %s (request %s)", eid, path, rid, exc_info=True)
+        await self._refuse(send_, 500, "internal", f"internal error {eid}; the server's log has the details under this id", error_id=eid)
+    finally: self._record(scope, path, state["status"], time.perf_counter() - t0, rid)
+
+# %% ../nbs/12c_runtime.ipynb #09bf3438
+@patch
+def _record(self:Guard, scope, path:str, status:int, seconds:float, rid:str):
+    "Count the request in the metrics and write its `mlkit.serve.access` log record."
+    endpoint = path if path in _ENDPOINTS else "/v2/models" if path.startswith("/v2/models/") else "other"
+    self.metrics.requests.labels(endpoint, str(status)).inc()
+    self.metrics.latency.labels(endpoint).observe(seconds)
+    if not self.log.isEnabledFor(logging.INFO): return
+    m = scope["state"].get("served") or (self.holder.model if self.holder else None)
+    self.log.info("request", extra={"request_id": rid, "method": scope.get("method"), "path": path, "status": status,
+                                    "latency_ms": round(seconds * 1e3, 3), "model_name": m and m.name, "model_version": m and m.version})

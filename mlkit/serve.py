@@ -4,16 +4,21 @@
 
 # %% ../nbs/12d_serve.ipynb #e8261ce0
 from __future__ import annotations
-import json, logging, os, socket, sys, uuid
+import ipaddress, json, logging, os, socket, sys
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+from pydantic import Field, ValidationError
+from .config import Section
 from .core import ServeError, limit_threads
-from .payload import (TOO_DEEP, InputError, ServedModel, _bad, _kind, _loads, load_served_model, parse_payload,
-                           records_to_columns, request_models)
-from .predlog import PredictionLog, read_prediction_log  # read_prediction_log: for callers of mlkit.serve's old API
+from .payload import (POLICIES, TOO_DEEP, InputError, ServedModel, _bad, _kind, _loads, _show, load_served_model,
+                           parse_payload, records_to_columns, request_models)
+from .predlog import PredictionLog, check_log_dir, read_prediction_log  # read_prediction_log: for mlkit.serve's old callers
 from .runtime import AliasWatcher, Batcher, Guard, ModelHolder, ServeMetrics
 
 # %% auto #0
-__all__ = ['make_app', 'check_address', 'bind_socket', 'worker_app', 'serve', 'cli_serve']
+__all__ = ['make_app', 'ServeParams', 'option_error', 'serve_params', 'check_address', 'bind_socket', 'worker_app',
+           'check_exposure', 'serve', 'cli_serve']
 
 # %% ../nbs/12d_serve.ipynb #be218e16
 async def _read_body(request, limit:int) -> bytes:
@@ -51,15 +56,42 @@ def _json(obj, status=200, headers=None):
     return Response(json.dumps(obj, separators=(",", ":")), status_code=status, media_type="application/json", headers=headers)
 
 # %% ../nbs/12d_serve.ipynb #53bfb971
-def _scorer(holder:ModelHolder, batcher:Batcher, plog:PredictionLog|None):
-    "The coroutine every scoring route ends in: check, score, log; returns (labels, probabilities, response headers)."
+def _scorer(batcher:Batcher, plog:PredictionLog|None):
+    "The coroutine every scoring route ends in: score checked columns, log; returns (labels, probabilities, response headers)."
     async def score(request, m:ServedModel, cols:dict, n:int):
-        m.check(cols, n)
+        state = request.scope.setdefault("state", {})
+        state["served"] = m
         labels, proba = await batcher.score(m, cols, n)
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = state.get("request_id") or ""
         if plog is not None: plog.offer(m, cols, labels, proba, rid)
-        return labels, proba, {"x-request-id": rid, "x-model-version": m.version or ""}
+        return labels, proba, {"x-model-version": m.version or ""}
     return score
+
+# %% ../nbs/12d_serve.ipynb #53bfb977
+_PARAMS = ("predict_method", "input_policy")
+
+def _inference_params(params:dict, m:ServedModel, policy:str) -> tuple[str, str, list]:
+    "(predict method, input policy, names of ignored params) from a request's `params`; a 400 `InputError` for a bad value."
+    method, asked = params.get("predict_method", "predict"), params.get("input_policy", policy)
+    if method not in ("predict", "predict_proba"):
+        raise _bad(f"params.predict_method must be 'predict' or 'predict_proba', got {_show(method)}", "bad_params")
+    if method == "predict_proba" and not m.proba:
+        raise _bad(f"params.predict_method 'predict_proba' needs a classifier; {m.name or m.uri} is a {m.task} model", "bad_params")
+    if asked not in POLICIES: raise _bad(f"params.input_policy must be one of {list(POLICIES)}, got {_show(asked)}", "bad_params")
+    return method, "strict" if "strict" in (asked, policy) else "mlflow", [k for k in params if k not in _PARAMS]
+
+# %% ../nbs/12d_serve.ipynb #53bfb978
+def _header_list(names:list) -> str:
+    "Names for a response header: URL-quoted (any client-sent name becomes valid ASCII), comma-separated, at most 20."
+    return ",".join([quote(str(c), safe="")[:100] for c in names[:20]] + (["..."] if len(names) > 20 else []))
+
+# %% ../nbs/12d_serve.ipynb #53bfb979
+def _adjustment_headers(notes:dict, ignored_params:list, metrics:ServeMetrics) -> dict:
+    "Response headers naming what the input policy changed (counted in the metrics as well)."
+    for action, cols in notes.items():
+        for c in cols: metrics.adjusted.labels(action, "extra" if action == "ignored" else c).inc()
+    out = {f"x-mlkit-{action}-columns": _header_list(cols) for action, cols in notes.items()}
+    return out | ({"x-mlkit-ignored-params": _header_list(ignored_params)} if ignored_params else {})
 
 # %% ../nbs/12d_serve.ipynb #53bfb972
 def _post(app, path:str, summary:str):
@@ -71,18 +103,24 @@ def _post(app, path:str, summary:str):
     return deco
 
 # %% ../nbs/12d_serve.ipynb #53bfb973
-def _add_scoring_routes(app, holder:ModelHolder, score, *, max_body:int, max_rows:int):
-    "POST /invocations (MLflow's protocol) and POST /predict (typed records, probabilities)."
-    from fastapi.exceptions import RequestValidationError
-    from pydantic import ValidationError
-
+def _add_invocations(app, holder:ModelHolder, score, metrics:ServeMetrics, *, max_body:int, max_rows:int, input_policy:str):
+    "POST /invocations: MLflow's scoring protocol, under the input policy."
     @_post(app, "/invocations", "Score rows in MLflow's scoring protocol (as `mlflow models serve`)")
     async def invocations(request):
         m = holder.model
-        cols, n = parse_payload(await _read_body(request, max_body), request.headers.get("content-type"),
-                                str_columns=[c for c, s in m.specs.items() if _kind(s) != "numeric"], max_rows=max_rows)
-        labels, _, headers = await score(request, m, cols, n)
-        return _json({"predictions": labels.tolist()}, headers=headers)
+        cols, n, params = parse_payload(await _read_body(request, max_body), request.headers.get("content-type"), max_rows=max_rows,
+                                        str_columns=[c for c, s in m.specs.items() if _kind(s) != "numeric"], example=m.example)
+        method, policy, ignored = _inference_params(params, m, input_policy)
+        cols, notes = m.conform(cols, n, policy=policy)
+        labels, proba, headers = await score(request, m, cols, n)
+        out = labels.tolist() if method == "predict" else proba.tolist()
+        return _json({"predictions": out}, headers=headers | _adjustment_headers(notes, ignored, metrics))
+
+# %% ../nbs/12d_serve.ipynb #53bfb97b
+def _add_predict(app, holder:ModelHolder, score, *, max_body:int, max_rows:int):
+    "POST /predict: typed records (always strict), predictions with class probabilities."
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
 
     @_post(app, "/predict", "Score records; predictions, class probabilities and the model version that answered")
     async def predict(request):
@@ -91,9 +129,11 @@ def _add_scoring_routes(app, holder:ModelHolder, score, *, max_body:int, max_row
         try: _models_for(m, max_rows)["predict"].model_validate(obj)
         except ValidationError as e: raise RequestValidationError(e.errors(include_url=False)) from None
         except RecursionError: raise _bad(TOO_DEEP, "malformed_json") from None
-        cols, n = records_to_columns(obj["records"])
+        cols, n = records_to_columns(obj["records"], example=m.example)
+        m.check(cols, n)
         labels, proba, headers = await score(request, m, cols, n)
-        out = {"model_name": m.name, "model_version": m.version, "request_id": headers["x-request-id"], "predictions": labels.tolist()}
+        rid = request.scope["state"].get("request_id")
+        out = {"model_name": m.name, "model_version": m.version, "request_id": rid, "predictions": labels.tolist()}
         if proba is not None: out |= {"classes": m.classes.tolist(), "probabilities": proba.round(6).tolist()}
         return _json(out, headers=headers)
 
@@ -126,6 +166,35 @@ def _add_info_routes(app, holder:ModelHolder, batcher:Batcher, metrics:ServeMetr
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+# %% ../nbs/12d_serve.ipynb #d6aa137b
+_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
+
+def _docs_assets() -> Path|None:
+    "The folder holding Swagger UI's files (from the `fastapi-offline` package), or None when it is not installed."
+    try: import fastapi_offline
+    except ImportError: return None
+    d = Path(fastapi_offline.__file__).parent / "static"
+    return d if all((d / a).is_file() for a in _ASSETS) else None
+
+# %% ../nbs/12d_serve.ipynb #d6aa137c
+def _add_docs(app):
+    "GET /docs (Swagger UI) and its assets under /docs/, from local files."
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.responses import FileResponse, HTMLResponse
+    assets = _docs_assets()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        if assets is None: return HTMLResponse("<p>Swagger UI is not installed: <code>pip install fastapi-offline</code>; "
+                                               "the API is described at <a href='openapi.json'>/openapi.json</a>.</p>", 503)
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - Swagger UI", swagger_js_url="docs/swagger-ui-bundle.js",
+                                   swagger_css_url="docs/swagger-ui.css", swagger_favicon_url="docs/favicon.png")
+
+    @app.get("/docs/{name}", include_in_schema=False)
+    async def asset(name: str):
+        if assets is None or name not in _ASSETS: return _json({"error_code": "NOT_FOUND", "message": f"no such file {_show(name)}"}, 404)
+        return FileResponse(assets / name)
+
 # %% ../nbs/12d_serve.ipynb #d6aa1381
 def _custom_openapi(app, holder:ModelHolder, max_rows:int):
     "`app.openapi` with the request models of the served version."
@@ -153,7 +222,7 @@ def _custom_openapi(app, holder:ModelHolder, max_rows:int):
 
 # %% ../nbs/12d_serve.ipynb #d6aa1383
 def _add_error_handlers(app, metrics:ServeMetrics):
-    "JSON answers for the client's errors and for internal ones."
+    "JSON answers for the client's errors."
     from fastapi.exceptions import RequestValidationError
 
     @app.exception_handler(InputError)
@@ -171,25 +240,9 @@ def _add_error_handlers(app, metrics:ServeMetrics):
     @app.exception_handler(RecursionError)
     async def too_deep(request, e: RecursionError): return await input_error(request, _bad(TOO_DEEP, "malformed_json"))
 
-    @app.exception_handler(Exception)
-    async def internal_error(request, e: Exception):
-        metrics.errors.labels("internal").inc()
-        logging.getLogger("mlkit.serve").exception("internal error")
-        return _json({"error_code": "INTERNAL_ERROR", "message": f"{type(e).__name__}: {e}"}, 500)
-
-# %% ../nbs/12d_serve.ipynb #24a4ae40
-def make_app(model:str|ServedModel="models:/credit@champion", # model URI, or a `ServedModel` already loaded
-             *, token:str|None=None, # bearer token required on every endpoint but /health and /ready; None = no auth
-             log_dir:str|Path|None=None, # prediction-log folder; None = no log
-             sample_rate:float=1.0, # share of requests logged
-             reload_interval:float=2.0, # seconds between alias checks (0 = never reload)
-             unseen:str="pipeline", # unseen categories: "pipeline" (the encoder handles them) or "reject" (422)
-             max_body_bytes:int=1 << 20, max_rows:int=10_000, max_batch_rows:int=4096):
-    "The FastAPI app serving `model`."
-    from contextlib import asynccontextmanager
-    from fastapi import FastAPI
-    from mlkit import __version__
-    m = model if isinstance(model, ServedModel) else load_served_model(model, unseen=unseen)
+# %% ../nbs/12d_serve.ipynb #24a4ae3f
+def _start_parts(m:ServedModel, *, log_dir, sample_rate:float, reload_interval:float, unseen:str, max_batch_rows:int) -> dict:
+    "The model holder, metrics, batcher, prediction log and alias watcher of one app, started."
     holder, metrics = ModelHolder(m), ServeMetrics()
     metrics.set_model(m)
     batcher = Batcher(max_rows=max_batch_rows, on_batch=metrics.count_predictions)
@@ -197,20 +250,72 @@ def make_app(model:str|ServedModel="models:/credit@champion", # model URI, or a 
     def swapped(new): metrics.set_model(new); metrics.reloads.labels("ok").inc()
     watcher = AliasWatcher(holder, m.uri or "", interval=reload_interval, unseen=unseen, on_swap=swapped,
                            on_fail=lambda e: metrics.reloads.labels("failed").inc())
+    return {"holder": holder, "metrics": metrics, "batcher": batcher, "prediction_log": plog, "watcher": watcher}
+
+# %% ../nbs/12d_serve.ipynb #24a4ae40
+def make_app(model:str|ServedModel="models:/credit@champion", # model URI, or a `ServedModel` already loaded
+             *, token:str|None=None, # bearer token required on every endpoint but the health probes; None = no auth
+             log_dir:str|Path|None=None, sample_rate:float=1.0, # prediction-log folder (None = no log); share of requests logged
+             reload_interval:float=2.0, # seconds between alias checks (0 = never reload)
+             unseen:str="pipeline", input_policy:str="mlflow", # see `ServedModel`, `ServedModel.conform`
+             max_body_bytes:int=1 << 20, max_rows:int=10_000, max_batch_rows:int=4096):
+    "The FastAPI app serving `model`."
+    from contextlib import asynccontextmanager
+    from fastapi import FastAPI
+    from mlkit import __version__
+    if input_policy not in POLICIES: raise ServeError(f"--input-policy must be one of {list(POLICIES)}, got {input_policy!r}")
+    m = model if isinstance(model, ServedModel) else load_served_model(model, unseen=unseen)
+    p = _start_parts(m, log_dir=log_dir, sample_rate=sample_rate, reload_interval=reload_interval, unseen=unseen, max_batch_rows=max_batch_rows)
     @asynccontextmanager
     async def lifespan(app):
         yield
-        watcher.close(); batcher.close()
-        if plog: plog.close()
-    app = FastAPI(title="mlkit serve", version=__version__, lifespan=lifespan,
+        p["watcher"].close(); p["batcher"].close()
+        if p["prediction_log"]: p["prediction_log"].close()
+    app = FastAPI(title="mlkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Serving {m.name or m.uri} (follows {m.uri} when it is an alias). See /metadata for the model.")
-    app.state.holder, app.state.metrics, app.state.watcher, app.state.prediction_log = holder, metrics, watcher, plog
-    _add_scoring_routes(app, holder, _scorer(holder, batcher, plog), max_body=max_body_bytes, max_rows=max_rows)
-    _add_info_routes(app, holder, batcher, metrics)
+    for k, v in p.items(): setattr(app.state, k, v)
+    holder, metrics, score = p["holder"], p["metrics"], _scorer(p["batcher"], p["prediction_log"])
+    _add_invocations(app, holder, score, metrics, max_body=max_body_bytes, max_rows=max_rows, input_policy=input_policy)
+    _add_predict(app, holder, score, max_body=max_body_bytes, max_rows=max_rows)
+    _add_info_routes(app, holder, p["batcher"], metrics); _add_docs(app); _add_error_handlers(app, metrics)
     app.openapi = _custom_openapi(app, holder, max_rows)
-    _add_error_handlers(app, metrics)
-    app.add_middleware(Guard, metrics=metrics, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(Guard, metrics=metrics, token=token, max_body_bytes=max_body_bytes, holder=holder)
     return app
+
+# %% ../nbs/12d_serve.ipynb #07400002
+class ServeParams(Section):
+    "Options of `mlkit serve` (each field is the flag `--field-name`)."
+    model: str = Field("models:/credit@champion", min_length=1, description="model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model")
+    host: str = Field("127.0.0.1", min_length=1, description="bind address; anything but loopback needs a token or --allow-unauthenticated")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    workers: int = Field(1, ge=1, le=64, description="worker processes")
+    token_env: str = Field("MLKIT_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable holding the bearer token")
+    allow_unauthenticated: bool = Field(False, description="serve on a non-loopback address without a bearer token, on purpose")
+    log_dir: str | None = Field("prediction_log", description="prediction-log folder (created if missing); null or 'none': no log")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests written to the prediction log")
+    reload_interval: float = Field(2.0, ge=0, le=86400, description="seconds between checks of the model alias (0 = never reload)")
+    unseen: Literal["pipeline", "reject"] = Field("pipeline", description="unseen categories: the encoder handles them, or 422")
+    input_policy: Literal["mlflow", "strict"] = Field("mlflow", description="/invocations: coerce, ignore extra columns and let the "
+                                                      "pipeline impute nulls as `mlflow models serve` does, or refuse all three (422)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="request size limit in bytes (413 above it), 1 KiB to 1 GiB")
+    max_rows: int = Field(10_000, ge=1, le=10_000_000, description="rows per request (413 above it)")
+    max_batch_rows: int = Field(4096, ge=1, le=10_000_000, description="rows merged into one predict call")
+
+# %% ../nbs/12d_serve.ipynb #07400003
+def option_error(e:ValidationError, schema) -> ServeError:
+    "The first problem of a `schema` (ServeParams, ScoreParams) validation as one line naming the flag, its limits and its meaning."
+    err = e.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else ""
+    field = schema.model_fields.get(name)
+    why = f" ({field.description})" if field is not None and field.description else ""
+    return ServeError(f"--{name.replace('_', '-')}: {err['msg'][0].lower()}{err['msg'][1:]}, got {_show(err.get('input'))}{why}")
+
+# %% ../nbs/12d_serve.ipynb #07400004
+def serve_params(**options) -> ServeParams:
+    "`options` validated as `ServeParams`; ServeError naming the flag of the first bad one."
+    if str(options.get("log_dir")).lower() == "none": options["log_dir"] = None
+    try: return ServeParams(**options)
+    except ValidationError as e: raise option_error(e, ServeParams) from None
 
 # %% ../nbs/12d_serve.ipynb #c533c32c
 def check_address(host:str, port) -> tuple:
@@ -244,38 +349,56 @@ def worker_app():
     opts = json.loads(os.environ["MLKIT_SERVE_OPTIONS"])
     return make_app(opts.pop("model"), token=os.environ.get(opts.pop("token_env", "") or "MLKIT_SERVE_TOKEN") or None, **opts)
 
+# %% ../nbs/12d_serve.ipynb #c533c330
+def _is_loopback(addr:tuple) -> bool:
+    "Whether a bound address is reachable only from this machine."
+    try: return ipaddress.ip_address(addr[0].split("%")[0]).is_loopback
+    except ValueError: return False
+
+# %% ../nbs/12d_serve.ipynb #c533c331
+def check_exposure(host:str, addr:tuple, token:str|None, *, token_env:str, allow_unauthenticated:bool) -> None:
+    "ServeError when `host` is reachable from other machines, no token is set and the operator did not allow that explicitly."
+    if token or _is_loopback(addr): return
+    if not allow_unauthenticated:
+        raise ServeError(f"refusing to serve on {host} without a bearer token: every machine that reaches it could use the model. "
+                         f"Set ${token_env} (or name another variable with --token-env) to require 'Authorization: Bearer <token>', "
+                         "or pass --allow-unauthenticated to serve without auth on purpose")
+    print(f"warning: serving on {host} without auth (--allow-unauthenticated)", file=sys.stderr)
+
+# %% ../nbs/12d_serve.ipynb #c533c333
+def _app_options(p:ServeParams) -> dict:
+    "The `make_app` keyword arguments in `p` (JSON-ready, for worker processes)."
+    keys = ("log_dir", "sample_rate", "reload_interval", "unseen", "input_policy", "max_body_bytes", "max_rows", "max_batch_rows")
+    return {k: getattr(p, k) for k in keys}
+
 # %% ../nbs/12d_serve.ipynb #074d0db2
-def serve(model:str="models:/credit@champion", *, host:str="127.0.0.1", port:int=8000, workers:int=1,
-          token_env:str="MLKIT_SERVE_TOKEN", log_level:str="warning", **opts) -> None:
-    "Serve `model` until interrupted; `opts` go to `make_app` (log_dir, sample_rate, reload_interval, unseen, ...)."
+def serve(model:str="models:/credit@champion", *, log_level:str="warning", **options) -> None:
+    "Serve `model` until interrupted; `options` are `ServeParams` fields (host, port, workers, token_env, log_dir, ...)."
     import uvicorn
-    if workers < 1: raise ServeError(f"--workers must be at least 1, got {workers}")
-    check_address(host, port)  # before the (slow) model load
+    p = serve_params(model=model, **options)
+    family, addr = check_address(p.host, p.port)  # before the (slow) model load
+    token = os.environ.get(p.token_env) or None
+    check_exposure(p.host, addr, token, token_env=p.token_env, allow_unauthenticated=p.allow_unauthenticated)
+    if p.log_dir: check_log_dir(p.log_dir)
     limit_threads(1)
-    token = os.environ.get(token_env) or None
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        print(f"warning: serving on {host} without auth; set ${token_env} to require a bearer token", file=sys.stderr)
-    kw = dict(log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
-    if workers == 1:
-        app = make_app(model, token=token, **opts)
-        m = app.state.holder.model
-        sock = bind_socket(host, port)
-        print(f"mlkit serve: {m.name or m.uri} version {m.version} on http://{host}:{port} (auth {'on' if token else 'off'})", file=sys.stderr, flush=True)
+    kw, auth = dict(log_level=log_level, access_log=False, timeout_graceful_shutdown=5), "on" if token else "off"
+    if p.workers == 1:
+        app = make_app(p.model, token=token, **_app_options(p))
+        m, sock = app.state.holder.model, bind_socket(p.host, p.port)
+        print(f"mlkit serve: {m.name or m.uri} version {m.version} on http://{p.host}:{p.port} (auth {auth})", file=sys.stderr, flush=True)
         return uvicorn.Server(uvicorn.Config(app, **kw)).run(sockets=[sock])
     from mlkit.tracking import load_model_meta
     from uvicorn.supervisors import Multiprocess
-    meta = load_model_meta(model)  # fail here, once, on a bad URI
-    os.environ["MLKIT_SERVE_OPTIONS"] = json.dumps({"model": model, "token_env": token_env, **{k: str(v) if isinstance(v, Path) else v for k, v in opts.items()}})
-    sock = bind_socket(host, port)
-    print(f"mlkit serve: {meta['name'] or model} version {meta['version']} on http://{host}:{port}, {workers} workers (auth {'on' if token else 'off'})", file=sys.stderr, flush=True)
-    config = uvicorn.Config("mlkit.serve:worker_app", factory=True, workers=workers, **kw)
-    Multiprocess(config, sockets=[sock]).run()
+    meta = load_model_meta(p.model)  # fail here, once, on a bad URI
+    os.environ["MLKIT_SERVE_OPTIONS"] = json.dumps({"model": p.model, "token_env": p.token_env, **_app_options(p)})
+    sock = bind_socket(p.host, p.port)
+    print(f"mlkit serve: {meta['name'] or p.model} version {meta['version']} on http://{p.host}:{p.port}, {p.workers} workers "
+          f"(auth {auth})", file=sys.stderr, flush=True)
+    Multiprocess(uvicorn.Config("mlkit.serve:worker_app", factory=True, workers=p.workers, **kw), sockets=[sock]).run()
 
 # %% ../nbs/12d_serve.ipynb #87460fe1
 def cli_serve(args) -> int:
     "`mlkit serve`: serve a registered model over HTTP."
-    opts = {k: getattr(args, k) for k in ("reload_interval", "unseen", "max_body_bytes", "max_rows") if getattr(args, k, None) is not None}
-    log_dir = getattr(args, "log_dir", None) or "prediction_log"
-    serve(args.model, host=args.host, port=args.port, workers=args.workers, token_env=args.token_env or "MLKIT_SERVE_TOKEN",
-          log_dir=None if str(log_dir).lower() == "none" else log_dir, sample_rate=args.sample_rate, **opts)
+    names = set(ServeParams.model_fields) - {"model"}
+    serve(args.model, **{k: v for k, v in vars(args).items() if k in names and v is not None})
     return 0

@@ -126,7 +126,7 @@ def _rec(X, **change):
         else: r[k] = v
     return r
 
-BAD = [  # (name, path, body or bytes, content type, status, text the message must contain)
+BAD = [  # (name, path, body or bytes, content type, status, text the message must contain), under the strict input policy
     ("missing column", "/invocations", lambda X: {"dataframe_records": [_rec(X, age=...)]}, None, 422, "column 'age' is missing"),
     ("extra column", "/invocations", lambda X: {"dataframe_records": [_rec(X, agee=3)]}, None, 422, "unexpected column 'agee' — did you mean 'age'?"),
     ("wrong type", "/invocations", lambda X: {"dataframe_records": [_rec(X, debt_ratio="high")]}, None, 422,
@@ -152,8 +152,8 @@ BAD = [  # (name, path, body or bytes, content type, status, text the message mu
 @pytest.mark.parametrize("name,path,body,ctype,status,text", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_a_4xx_naming_the_problem(client, fitted, name, path, body, ctype, status, text):
     body = body(fitted["X"]) if callable(body) else body
-    r = client().post(path, content=body if isinstance(body, bytes) else json.dumps(body),
-                      headers={"Content-Type": ctype or "application/json"})
+    r = client(input_policy="strict").post(path, content=body if isinstance(body, bytes) else json.dumps(body),
+                                           headers={"Content-Type": ctype or "application/json"})
     assert r.status_code == status, r.text
     assert text in r.json()["message"], r.json()
 
@@ -218,6 +218,135 @@ def test_prediction_log_is_written_off_the_request_path(client, fitted, tmp_path
     assert set(log["model_version"]) == {"1"} and set(log["model_name"]) == {NAME}
     assert log["prediction"].tolist() == fitted["model"].predict(pd.concat([fitted["X"].iloc[i:i + 2] for i in range(3)])).tolist()
     assert list(log.columns[:3]) == list(fitted["X"].columns[:3]) and "score" in log and "timestamp" in log
+
+
+# ---------------------------------------------------------------- regressions (issues 11 and 15), in process
+HUGE = "1" + "0" * 400  # an integer over 1.8e308: no float can hold it
+
+
+def test_huge_integer_is_a_422_naming_the_column(client, fitted):
+    "Issue 15.5: JSON and CSV; under both input policies; a 4xx naming the column, not a 500 with the exception's text."
+    X = fitted["X"]
+    body = json.dumps({"dataframe_records": [_rec(X, income=1)]}).replace('"income": 1', f'"income": {HUGE}').encode()
+    csv = X.head(2).to_csv(index=False).replace(str(X["income"].iloc[0]), HUGE, 1).encode()
+    for c in (client(), client(input_policy="strict")):
+        for content, ctype in ((body, "application/json"), (csv, "text/csv")):
+            r = c.post("/invocations", content=content, headers={"Content-Type": ctype})
+            assert r.status_code == 422, r.text
+            assert (r.json()["column"], r.json()["error_code"]) == ("income", "OUT_OF_RANGE")
+            assert "out of range" in r.json()["message"] and "OverflowError" not in r.text
+        assert c.post("/invocations", json={"dataframe_records": records(X, 1)}).status_code == 200
+
+
+def test_internal_error_is_a_500_with_an_error_id_only(client, fitted, monkeypatch, caplog):
+    "Issue 15.5: no exception text of an internal error in the body; the log has it under the error id."
+    c = client()
+    def broken(cols, n): raise RuntimeError("secret internals /etc/mlkit")
+    monkeypatch.setattr(c.app.state.holder.model, "predict", broken)
+    with caplog.at_level("ERROR", logger="mlkit.serve"):
+        r = c.post("/invocations", json={"dataframe_records": records(fitted["X"], 1)})
+    assert r.status_code == 500
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    eid = r.json()["error_id"]
+    assert eid in r.json()["message"] and any(eid in rec.getMessage() and rec.exc_info for rec in caplog.records)
+    assert 'mlkit_errors_total{kind="internal"} 1.0' in c.get("/metrics").text
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+def test_bearer_scheme_is_case_insensitive(client, fitted, scheme):
+    "Issue 15.10 (RFC 7235): the scheme in any case; the token itself still exact."
+    c, body = client(token=TOKEN), {"dataframe_records": records(fitted["X"], 1)}
+    assert c.post("/invocations", json=body, headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
+    assert c.post("/invocations", json=body, headers={"Authorization": f"{scheme} {TOKEN.upper()}"}).status_code == 401
+
+
+def test_invocations_is_as_lenient_as_mlflow_by_default(client, fitted):
+    "Issue 11.9: numbers as strings, an extra column, a null where training had none: 200, and the headers say what was done."
+    X, m = fitted["X"], fitted["model"]
+    rec = _rec(X, age=str(records(X, 1)[0]["age"]), colour="red", debt_ratio=None)
+    r = client().post("/invocations", json={"dataframe_records": [rec]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": m.predict(X.head(1).assign(debt_ratio=np.nan)).tolist()}
+    assert (r.headers["x-mlkit-coerced-columns"], r.headers["x-mlkit-ignored-columns"], r.headers["x-mlkit-imputed-columns"]) == \
+           ("age", "colour", "debt_ratio")
+    metrics = client().get("/metrics").text  # a fresh app: its own counters
+    assert 'mlkit_input_adjustments_total{action="coerced",column="age"}' not in metrics
+    c = client()
+    c.post("/invocations", json={"dataframe_records": [rec]})
+    metrics = c.get("/metrics").text
+    for line in ('action="coerced",column="age"} 1.0', 'action="ignored",column="extra"} 1.0', 'action="imputed",column="debt_ratio"} 1.0'):
+        assert "mlkit_input_adjustments_total{" + line in metrics
+
+
+def test_strict_policy_is_an_opt_in_flag_and_a_request_param(client, fitted):
+    X = fitted["X"]
+    rec = _rec(X, age="41")
+    strict = client(input_policy="strict").post("/invocations", json={"dataframe_records": [rec]})
+    assert strict.status_code == 422 and "column 'age', row 0: expected a finite number, got '41'" in strict.json()["message"]
+    asked = client().post("/invocations", json={"dataframe_records": [rec], "params": {"input_policy": "strict"}})
+    assert asked.status_code == 422
+    relaxed = client(input_policy="strict").post("/invocations", json={"dataframe_records": [rec], "params": {"input_policy": "mlflow"}})
+    assert relaxed.status_code == 422  # a request can tighten the operator's policy, never loosen it
+
+
+def test_predict_method_param_returns_probabilities(client, fitted):
+    "Issue 11.9: MLflow's params field reaches the model: predict_method predict_proba."
+    X, m = fitted["X"], fitted["model"]
+    c = client()
+    r = c.post("/invocations", json={"dataframe_split": json.loads(X.head(3).to_json(orient="split", index=False)),
+                                     "params": {"predict_method": "predict_proba", "temperature": 2}})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["predictions"], m.predict_proba(X.head(3)), atol=1e-9)
+    assert r.headers["x-mlkit-ignored-params"] == "temperature"
+    bad = c.post("/invocations", json={"instances": records(X, 1), "params": {"predict_method": "decision_function"}})
+    assert bad.status_code == 400 and "must be 'predict' or 'predict_proba'" in bad.json()["message"]
+
+
+def test_empty_records_error_shows_the_models_own_column(fitted):
+    "Issue 11.9: the hint is a record of the served model, not the demo's {'age': 41}."
+    from fastapi.testclient import TestClient
+    from sklearn.linear_model import LinearRegression
+    from mlkit.payload import ServedModel
+    from mlkit.serve import make_app
+    X = fitted["X"][["income", "debt_ratio"]].fillna(0)
+    spec = {c: {"kind": "numeric", "min": float(X[c].min()), "max": float(X[c].max())} for c in X}
+    served = ServedModel(LinearRegression().fit(X, X["debt_ratio"] * 2), schema={"columns": spec, "task": "regression"}, name="r", version="1")
+    with TestClient(make_app(served)) as c:
+        r = c.post("/invocations", json={"dataframe_records": []})
+    assert r.status_code == 400
+    assert '[{"income": ' in r.json()["message"] and "age" not in r.json()["message"]
+
+
+def test_docs_work_offline(client):
+    "Issue 11.9: /docs serves Swagger UI's assets itself (no CDN), and they are the real files."
+    c = client()
+    page = c.get("/docs")
+    assert page.status_code == 200 and "cdn." not in page.text and "https://" not in page.text.replace("https://swagger", "")
+    import re
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sorted(assets) == ["docs/favicon.png", "docs/swagger-ui-bundle.js", "docs/swagger-ui.css"], assets
+    js = c.get("/docs/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 500_000 and b"SwaggerUIBundle" in js.content
+    assert c.get("/docs/../../etc/passwd").status_code == 404
+
+
+def test_options_are_checked_before_the_model_is_loaded(tmp_path):
+    "Issue 15.8 and 15.9: refused at start with a message naming the flag."
+    from mlkit.core import ServeError
+    from mlkit.serve import serve
+    (tmp_path / "a-file").write_text("x")
+    cases = [({"max_body_bytes": -1}, "--max-body-bytes: input should be greater than or equal to 1024, got -1"),
+             ({"log_dir": str(tmp_path / "a-file")}, "is a file, not a folder"),
+             ({"sample_rate": 2}, "--sample-rate"), ({"reload_interval": -1}, "--reload-interval"), ({"workers": 0}, "--workers"),
+             ({"max_rows": 0}, "--max-rows"), ({"port": 70000}, "--port"),
+             ({"host": "0.0.0.0"}, "Set $MLKIT_TEST_NO_SUCH_TOKEN (or name another variable with --token-env)")]
+    for opts, text in cases:
+        with pytest.raises(ServeError, match=None) as e:
+            serve("models:/does-not-exist@champion", token_env="MLKIT_TEST_NO_SUCH_TOKEN", **opts)
+        assert text in str(e.value), (opts, str(e.value))
+        assert "does-not-exist" not in str(e.value)  # refused before any model lookup
+    with pytest.raises(ServeError, match="--allow-unauthenticated to serve without auth on purpose"):
+        serve("models:/does-not-exist@champion", host="0.0.0.0", token_env="MLKIT_TEST_NO_SUCH_TOKEN")
 
 
 # ---------------------------------------------------------------- a real MLflow store and a real server (slow)
@@ -321,7 +450,8 @@ def test_openapi_fuzz_never_5xx(server):
 
 
 @pytest.mark.slow
-def test_same_predictions_as_mlflow_models_serve(server, store):
+def test_same_answers_as_mlflow_models_serve(server, store):
+    "Issue 11.9: side by side on the same model, every payload MLflow accepts gets the same 200 and predictions from mlkit."
     import httpx
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -329,13 +459,24 @@ def test_same_predictions_as_mlflow_models_serve(server, store):
     proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/{store['version']}", "--env-manager", "local",
                              "-p", str(port), "-h", "127.0.0.1"], cwd=store["dir"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    X, rec = store["X"], records(store["X"], 1)[0]
+    bodies = {"split": {"dataframe_split": json.loads(X.head(200).to_json(orient="split", index=False))},
+              "number as string": {"dataframe_records": [{**rec, "age": str(rec["age"])}]},
+              "extra column": {"dataframe_records": [{**rec, "colour": "red"}]},
+              "null where training had none": {"dataframe_records": [{**rec, "debt_ratio": None}]},
+              "bool as number": {"dataframe_records": [{**rec, "n_open_accounts": True}]},
+              "number as category": {"dataframe_records": [{**rec, "housing": 3}]}}
     try:
-        wait_ready(f"http://127.0.0.1:{port}/ping", proc, timeout=90)
-        body = {"dataframe_split": json.loads(store["X"].head(200).to_json(orient="split", index=False))}
-        theirs = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
-        ours = httpx.post(server["url"] + "/invocations", json=body, headers=server["auth"], timeout=30)
-        assert theirs.status_code == ours.status_code == 200, (theirs.text, ours.text)
-        assert ours.json() == theirs.json()
+        wait_ready(f"http://127.0.0.1:{port}/ping", proc, timeout=120)
+        for name, body in bodies.items():
+            theirs = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+            ours = httpx.post(server["url"] + "/invocations", json=body, headers=server["auth"], timeout=30)
+            assert theirs.status_code == ours.status_code == 200, (name, theirs.text, ours.text)
+            assert ours.json() == theirs.json(), name
+        huge = json.dumps(bodies["number as string"]).replace(f'"{rec["age"]}"', HUGE)
+        theirs = httpx.post(f"http://127.0.0.1:{port}/invocations", content=huge, headers={"Content-Type": "application/json"}, timeout=30)
+        ours = httpx.post(server["url"] + "/invocations", content=huge, headers={**server["auth"], "Content-Type": "application/json"})
+        assert (theirs.status_code, ours.status_code, ours.json()["column"]) == (400, 422, "age")  # both refuse it, naming the column
     finally:
         stop(proc)
 
@@ -349,7 +490,7 @@ def test_bad_model_uri_is_a_one_line_error(store):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags,text", [(["--port", "70000"], "--port must be a TCP port between 1 and 65535, got 70000"),
+@pytest.mark.parametrize("flags,text", [(["--port", "70000"], "--port: input should be less than or equal to 65535, got 70000"),
                                         (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is not an address")])
 def test_bad_port_or_host_fails_before_loading_the_model(tmp_path, flags, text):
     # the model URI does not exist: an error about it would mean the model was loaded before the address was checked
@@ -357,3 +498,54 @@ def test_bad_port_or_host_fails_before_loading_the_model(tmp_path, flags, text):
                        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert text in r.stderr and "Traceback" not in r.stderr and "nothing" not in r.stderr
+
+
+@pytest.mark.slow
+def test_keep_alive_connection_survives_user_and_internal_errors(fitted):
+    "Issue 15.5: after a huge integer (422) and an internal error (500) the same connection answers the next valid request."
+    import http.client, uvicorn
+    from mlkit.payload import ServedModel
+    from mlkit.serve import bind_socket, make_app
+    served = ServedModel(fitted["model"], schema=fitted["schema"], name=NAME, version="1")
+    app = make_app(served)
+    sock = bind_socket("127.0.0.1", free_port())
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
+    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True); t.start()
+    port = sock.getsockname()[1]
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health")
+        good = json.dumps({"dataframe_records": records(fitted["X"], 1)})
+        huge = good.replace(str(records(fitted["X"], 1)[0]["income"]), HUGE, 1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # one TCP connection; http.client does not reconnect by itself
+        answers = []
+        def fail(cols, n): raise RuntimeError("secret internals")
+        for body, broken in ((huge, False), (good, False), (good, True), (good, False)):
+            served.predict = fail if broken else ServedModel.predict.__get__(served)
+            conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse(); answers.append((r.status, json.loads(r.read())))
+        local_port = conn.sock.getsockname()[1]
+        conn.close()
+    finally:
+        srv.should_exit = True; t.join(10)
+    assert [a[0] for a in answers] == [422, 200, 500, 200], answers
+    assert answers[0][1]["column"] == "income" and "secret" not in json.dumps(answers[2][1])
+    assert local_port  # the four answers came over the one connection
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,text", [
+    (["--host", "0.0.0.0"], "Set $MLKIT_SERVE_TOKEN (or name another variable with --token-env)"),
+    (["--max-body-bytes", "-1"], "--max-body-bytes: input should be greater than or equal to 1024, got -1"),
+    (["--log-dir", "a-file"], "--log-dir a-file is a file, not a folder"),
+    (["--sample-rate", "1.5"], "--sample-rate: input should be less than or equal to 1"),
+    (["--input-policy", "lax"], "invalid choice: 'lax'")])
+def test_cli_refuses_bad_options_before_loading_the_model(tmp_path, flags, text):
+    "Issues 15.8 and 15.9: exit 2, one line naming the flag; the (missing) model is never looked up."
+    (tmp_path / "a-file").write_text("x")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env.pop("MLKIT_SERVE_TOKEN", None)
+    r = subprocess.run(mlkit_cmd("serve", "--model", "models:/nothing@champion", "--port", free_port(), *flags), cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert text in r.stderr and "Traceback" not in r.stderr and "nothing" not in r.stderr.replace("--model", "")
+    assert not (tmp_path / "mlflow.db").exists()  # no store was opened
