@@ -14,20 +14,34 @@ __all__ = ['Batcher', 'ModelHolder', 'AliasWatcher', 'ServeMetrics', 'Guard']
 
 # %% ../nbs/12c_runtime.ipynb #45d1d7b4
 class Batcher:
-    "Scores requests on a background thread, merging those queued together into one predict call per model version."
+    "Scores requests in the handler when alone, else on a background thread merging those queued into one predict per model version."
     def __init__(self, *, max_rows:int=4096, on_batch=None):
         self.max_rows, self.on_batch, self.q = max_rows, on_batch, queue.SimpleQueue()
+        self.in_flight, self.busy, self.inline = 0, False, 0
         self.thread = threading.Thread(target=self._run, name="mlkit-batcher", daemon=True)
         self.thread.start()
 
     async def score(self, model:ServedModel, cols:dict, n:int):
         "Await (labels, probabilities) for `n` validated rows scored by `model`."
+        await asyncio.sleep(0)  # let requests that arrived with this one reach this point (and count themselves in flight)
+        if self.in_flight <= 1 and not self.busy and self.q.empty():
+            self.inline += 1
+            labels, proba = _predict(model, cols, n)
+            if self.on_batch: self.on_batch(model, labels, 1)
+            return labels, proba
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.q.put((model, cols, n, fut, loop))
         return await fut
 
     def close(self): self.q.put(None)
+
+# %% ../nbs/12c_runtime.ipynb #ea513a5f
+def _predict(model:ServedModel, cols:dict, n:int):
+    "`model.predict`, with an input the model refuses turned into a 422 `InputError`."
+    try: return model.predict(cols, n)
+    except (ValueError, TypeError, ArithmeticError) as e:
+        raise InputError(f"the model could not score this input: {str(e)[:300]}", kind="model_rejected") from None
 
 # %% ../nbs/12c_runtime.ipynb #ea513a60
 def _resolve(fut, ok, value):
@@ -42,7 +56,7 @@ def _run(self:Batcher):
     while True:
         item = self.q.get()
         if item is None: return
-        batch, rows = [item], item[2]
+        self.busy, batch, rows = True, [item], item[2]
         while rows < self.max_rows:
             try: item = self.q.get_nowait()
             except queue.Empty: break
@@ -51,6 +65,7 @@ def _run(self:Batcher):
         groups = {}
         for it in batch: groups.setdefault(id(it[0]), []).append(it)
         for items in groups.values(): self._score(items)
+        self.busy = False
 
 # %% ../nbs/12c_runtime.ipynb #ea513a62
 @patch
@@ -58,14 +73,12 @@ def _score(self:Batcher, items:list):
     model = items[0][0]
     try:
         cols = items[0][1] if len(items) == 1 else {c: [v for it in items for v in it[1][c]] for c in model.inputs}
-        labels, proba = model.predict(cols, sum(it[2] for it in items))
+        labels, proba = _predict(model, cols, sum(it[2] for it in items))
     except Exception as e:  # handed to the waiting request, which answers 4xx/5xx
         if len(items) > 1:
             for it in items: self._score([it])
             return
-        bad_input = isinstance(e, (ValueError, TypeError, ArithmeticError))
-        err = InputError(f"the model could not score this input: {str(e)[:300]}", kind="model_rejected") if bad_input else e
-        return items[0][4].call_soon_threadsafe(_resolve, items[0][3], False, err)
+        return items[0][4].call_soon_threadsafe(_resolve, items[0][3], False, e)
     if self.on_batch: self.on_batch(model, labels, len(items))
     start = 0
     for _, _, n, fut, loop in items:

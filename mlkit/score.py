@@ -366,7 +366,7 @@ def cli_score(args) -> int:
     p = score_params(**{k: v for k, v in vars(args).items() if k in ScoreParams.model_fields and v is not None})
     check_paths(p.input, p.output)  # before the (slow) model load
     if not Path(p.input).exists(): raise DataError(f"input {p.input} does not exist")
-    model = load_served_model(p.model, unseen=p.unseen)
+    model = load_served_model(p.model, unseen=p.unseen, overlap=True)  # MLflow in a helper process while skops imports
     if p.engine == "dask": summary = score_dask(model, p.input, p.output, chunksize=p.chunksize, scheduler=p.scheduler, policy=p.input_policy)
     else: summary = score_file(model, p.input, p.output, chunksize=p.chunksize, policy=p.input_policy)
     print(json.dumps(summary))

@@ -94,18 +94,25 @@ def _adjustment_headers(notes:dict, ignored_params:list, metrics:ServeMetrics) -
     return out | ({"x-mlkit-ignored-params": _header_list(ignored_params)} if ignored_params else {})
 
 # %% ../nbs/12d_serve.ipynb #53bfb972
-def _post(app, path:str, summary:str):
-    "`app.post` for a handler taking the raw request (string annotations cannot see the lazily imported `Request`)."
+def _post(app, path:str, summary:str, batcher:Batcher|None=None):
+    "`app.post` for a handler taking the raw request, counted in `batcher.in_flight` while it runs."
     from fastapi import Request
     def deco(f):
-        f.__annotations__ = {"request": Request}
-        return app.post(path, summary=summary)(f)
+        async def handler(request):
+            if batcher is None: return await f(request)
+            batcher.in_flight += 1
+            try: return await f(request)
+            finally: batcher.in_flight -= 1
+        handler.__annotations__ = {"request": Request}  # string annotations (from __future__) cannot see the lazily imported Request
+        handler.__name__, handler.__doc__ = f.__name__, f.__doc__
+        return app.post(path, summary=summary)(handler)
     return deco
 
 # %% ../nbs/12d_serve.ipynb #53bfb973
-def _add_invocations(app, holder:ModelHolder, score, metrics:ServeMetrics, *, max_body:int, max_rows:int, input_policy:str):
+def _add_invocations(app, holder:ModelHolder, score, metrics:ServeMetrics, batcher:Batcher, *, max_body:int, max_rows:int,
+                     input_policy:str):
     "POST /invocations: MLflow's scoring protocol, under the input policy."
-    @_post(app, "/invocations", "Score rows in MLflow's scoring protocol (as `mlflow models serve`)")
+    @_post(app, "/invocations", "Score rows in MLflow's scoring protocol (as `mlflow models serve`)", batcher)
     async def invocations(request):
         m = holder.model
         cols, n, params = parse_payload(await _read_body(request, max_body), request.headers.get("content-type"), max_rows=max_rows,
@@ -117,12 +124,12 @@ def _add_invocations(app, holder:ModelHolder, score, metrics:ServeMetrics, *, ma
         return _json({"predictions": out}, headers=headers | _adjustment_headers(notes, ignored, metrics))
 
 # %% ../nbs/12d_serve.ipynb #53bfb97b
-def _add_predict(app, holder:ModelHolder, score, *, max_body:int, max_rows:int):
+def _add_predict(app, holder:ModelHolder, score, batcher:Batcher, *, max_body:int, max_rows:int):
     "POST /predict: typed records (always strict), predictions with class probabilities."
     from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
 
-    @_post(app, "/predict", "Score records; predictions, class probabilities and the model version that answered")
+    @_post(app, "/predict", "Score records; predictions, class probabilities and the model version that answered", batcher)
     async def predict(request):
         m = holder.model
         obj = _loads(await _read_body(request, max_body))
@@ -275,8 +282,8 @@ def make_app(model:str|ServedModel="models:/credit@champion", # model URI, or a 
                   description=f"Serving {m.name or m.uri} (follows {m.uri} when it is an alias). See /metadata for the model.")
     for k, v in p.items(): setattr(app.state, k, v)
     holder, metrics, score = p["holder"], p["metrics"], _scorer(p["batcher"], p["prediction_log"])
-    _add_invocations(app, holder, score, metrics, max_body=max_body_bytes, max_rows=max_rows, input_policy=input_policy)
-    _add_predict(app, holder, score, max_body=max_body_bytes, max_rows=max_rows)
+    _add_invocations(app, holder, score, metrics, p["batcher"], max_body=max_body_bytes, max_rows=max_rows, input_policy=input_policy)
+    _add_predict(app, holder, score, p["batcher"], max_body=max_body_bytes, max_rows=max_rows)
     _add_info_routes(app, holder, p["batcher"], metrics); _add_docs(app); _add_error_handlers(app, metrics)
     app.openapi = _custom_openapi(app, holder, max_rows)
     app.add_middleware(Guard, metrics=metrics, token=token, max_body_bytes=max_body_bytes, holder=holder)
@@ -383,7 +390,7 @@ def serve(model:str="models:/credit@champion", *, log_level:str="warning", **opt
     limit_threads(1)
     kw, auth = dict(log_level=log_level, access_log=False, timeout_graceful_shutdown=5), "on" if token else "off"
     if p.workers == 1:
-        app = make_app(p.model, token=token, **_app_options(p))
+        app = make_app(load_served_model(p.model, unseen=p.unseen, overlap=True), token=token, **_app_options(p))
         m, sock = app.state.holder.model, bind_socket(p.host, p.port)
         print(f"mlkit serve: {m.name or m.uri} version {m.version} on http://{p.host}:{p.port} (auth {auth})", file=sys.stderr, flush=True)
         return uvicorn.Server(uvicorn.Config(app, **kw)).run(sockets=[sock])

@@ -1,6 +1,6 @@
 """`mlkit serve`: MLflow's formats, every bad input, auth and metrics in process (fast); a real server on 127.0.0.1 for the
 prediction log, hot reload under load, a schemathesis fuzz, parity with `mlflow models serve` and the CLI's start-up (slow)."""
-import json, os, socket, subprocess, threading, time
+import json, os, re, socket, subprocess, threading, time
 from pathlib import Path
 import numpy as np, pandas as pd
 import pytest
@@ -549,3 +549,37 @@ def test_cli_refuses_bad_options_before_loading_the_model(tmp_path, flags, text)
     assert r.returncode == 2, r.stderr
     assert text in r.stderr and "Traceback" not in r.stderr and "nothing" not in r.stderr.replace("--model", "")
     assert not (tmp_path / "mlflow.db").exists()  # no store was opened
+
+
+# ---------------------------------------------------------------- scoring alone or merged (issue 12)
+def test_a_lone_request_is_scored_in_its_handler(client, fitted):
+    c = client()
+    for i in range(5): assert c.post("/invocations", json={"dataframe_records": records(fitted["X"], 1, i)}).status_code == 200
+    assert c.app.state.batcher.inline == 5 and c.app.state.batcher.q.empty()
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_merged_and_answered_right(fitted):
+    import httpx, uvicorn
+    from concurrent.futures import ThreadPoolExecutor
+    from mlkit.payload import ServedModel
+    from mlkit.serve import bind_socket, make_app
+    app = make_app(ServedModel(fitted["model"], schema=fitted["schema"], name=NAME, version="1"))
+    sock = bind_socket("127.0.0.1", free_port())
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
+    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True); t.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    X, want = fitted["X"], fitted["model"].predict(fitted["X"].head(64)).tolist()
+    def client(k):
+        with httpx.Client(base_url=url, timeout=30) as c:
+            return [(i, c.post("/invocations", json={"dataframe_records": records(X, 1, i)}).json()["predictions"][0]) for i in range(k, 64, 16)]
+    try:
+        wait_ready(url + "/health")
+        with ThreadPoolExecutor(16) as ex: answers = [a for got in ex.map(client, range(16)) for a in got]
+        metrics = httpx.get(url + "/metrics").text
+    finally:
+        srv.should_exit = True; t.join(10)
+    assert sorted(answers) == list(enumerate(want))
+    one = float(re.search(r'mlkit_batch_requests_bucket\{le="1.0"\} ([\d.]+)', metrics).group(1))
+    calls = float(re.search(r"mlkit_batch_requests_count ([\d.]+)", metrics).group(1))
+    assert calls < 64 and one < calls, (one, calls)  # some predict calls answered several requests
