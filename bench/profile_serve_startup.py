@@ -24,7 +24,8 @@ from mlkit.tracking import load_model_meta, load_sklearn_model
 mlflow.MlflowClient().search_registered_models(max_results=1); mark("open the MLflow store")
 meta = load_model_meta("models:/credit@champion"); mark("resolve the alias, read the model's metadata")
 pipe = load_sklearn_model(f"models:/credit/{meta['version']}"); mark("download and load the skops file")
-from mlkit.payload import ServedModel, _lineage
+from mlkit.payload import ServedModel
+from mlkit.runtime import _lineage
 _lineage(meta["run_id"]); mark("lineage tags")
 m = ServedModel(pipe, schema=meta["schema"], name="credit", version=meta["version"]); mark("compile and verify the fast path")
 mlkit.serve.make_app(m, reload_interval=0); mark("make_app")
@@ -34,7 +35,7 @@ print(json.dumps(list(zip(names, [b - a for a, b in zip(T, T[1:])]))))
 LOAD = r'''
 import sys, time
 t = time.perf_counter()
-from mlkit.payload import load_served_model
+from mlkit.runtime import load_served_model
 m = load_served_model("models:/credit@champion", overlap=sys.argv[1] == "1")
 print(time.perf_counter() - t)
 '''
@@ -43,7 +44,7 @@ PROFILE = r'''
 import cProfile, pstats
 pr = cProfile.Profile(); pr.enable()
 from mlkit.serve import make_app
-from mlkit.payload import load_served_model
+from mlkit.runtime import load_served_model
 make_app(load_served_model("models:/credit@champion"), reload_interval=0)
 pr.disable()
 pstats.Stats(pr).sort_stats("cumulative").print_stats(40)

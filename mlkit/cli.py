@@ -67,7 +67,10 @@ COMMANDS = {
         _UNSEEN, _POLICY,
         (("--max-body-bytes",), dict(dest="max_body_bytes", type=int, default=1_048_576, help="request size limit, at least 1024 (413 above it; default 1 MiB)")),
         (("--max-rows",), dict(dest="max_rows", type=int, default=None, help="rows per request (413 above it; default 10000)")),
-        (("--max-batch-rows",), dict(dest="max_batch_rows", type=int, default=None, help="rows merged into one predict call (default 4096)"))]),
+        (("--max-batch-rows",), dict(dest="max_batch_rows", type=int, default=None, help="rows merged into one predict call (default 4096)")),
+        (("--log-format",), dict(dest="log_format", choices=["text", "json"], default=None,
+                                 help="text (default), or one JSON object a line: every request with its id, status, latency, model version")),
+        (("--log-payloads",), dict(dest="log_payloads", action="store_true", help="with --log-format json, also log request bodies"))]),
     "score": ("mlkit.score:cli_score", "batch-score a CSV/Parquet file in bounded memory", [
         (("--model",), dict(default="models:/credit@champion", help="model URI (default: models:/credit@champion)")),
         (("--input",), dict(required=True, help="CSV or Parquet file (or folder of Parquet files)")),

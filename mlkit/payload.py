@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.basics import patch
-from .core import ModelError, ServeError, did_you_mean
+from .core import ServeError, did_you_mean
 from .compile import FastPath, _is_null, _kind, _str_categories, columns_to_frame, compile_pipeline, synthetic_rows, verify_compiled
 
 # %% auto #0
-__all__ = ['POLICIES', 'FORMATS', 'TOO_DEEP', 'InputError', 'ServedModel', 'records_to_columns', 'parse_payload', 'fetch_model',
-           'load_served_model', 'request_models']
+__all__ = ['POLICIES', 'FORMATS', 'TOO_DEEP', 'InputError', 'ServedModel', 'records_to_columns', 'parse_payload',
+           'request_models']
 
 # %% ../nbs/12a_payload.ipynb #5a404b3d
 class InputError(ServeError):
@@ -315,76 +315,6 @@ def parse_payload(body:bytes, content_type:str|None=None, *, str_columns=(), max
     else: raise _bad(f"unsupported content type {mime!r}; send application/json or text/csv", "unsupported_media_type", 415)
     if n > max_rows: raise _bad(f"{n} rows in one request; the limit is {max_rows} (use `mlkit score` for batches)", "too_many_rows", 413)
     return cols, n, params
-
-# %% ../nbs/12a_payload.ipynb #26d28ba7
-def _lineage(run_id:str|None) -> dict:
-    "The run's `mlkit.*` tags (package versions left out), or {} when the run cannot be read."
-    if not run_id: return {}
-    import mlflow
-    try: tags = mlflow.MlflowClient().get_run(run_id).data.tags
-    except mlflow.exceptions.MlflowException: return {}
-    return {k: v for k, v in tags.items() if k.startswith("mlkit.") and k != "mlkit.packages"}
-
-# %% ../nbs/12a_payload.ipynb #26d28bb1
-def fetch_model(uri:str, folder:str|Path) -> dict:
-    "Resolve `uri`, download the model's files into `folder`; its mlkit metadata and lineage, with the files' path as `local_dir`."
-    import mlflow
-    from mlkit.tracking import load_model_meta
-    meta = load_model_meta(uri)
-    pinned = f"models:/{meta['name']}/{meta['version']}" if meta.get("version") else uri
-    try: local = mlflow.artifacts.download_artifacts(artifact_uri=meta.get("source") or pinned, dst_path=str(folder))
-    except Exception as e: raise ModelError(f"cannot download model '{uri}': {str(e).splitlines()[0][:200]}") from None
-    return {**meta, "lineage": _lineage(meta.get("run_id")), "local_dir": str(local)}
-
-# %% ../nbs/12a_payload.ipynb #26d28bb2
-def _load_local_model(folder:str|Path):
-    "The scikit-learn pipeline in a downloaded MLflow model folder (skops only, types checked by mlkit's trust rules); no MLflow import."
-    import yaml, skops.io as sio
-    from mlkit.tracking import check_trusted
-    folder = Path(folder).resolve()
-    try: conf = yaml.load((folder / "MLmodel").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError) as e: raise ModelError(f"no readable MLmodel file in {folder} ({type(e).__name__})") from None
-    sk = (conf or {}).get("flavors", {}).get("sklearn") or {}
-    if sk.get("serialization_format") != "skops":
-        raise ModelError(f"the model in {folder} is not a skops-serialized scikit-learn model; mlkit loads only those (re-log it with mlkit)")
-    file = (folder / str(sk.get("pickled_model", ""))).resolve()
-    if not file.is_relative_to(folder) or not file.is_file():
-        raise ModelError(f"the MLmodel file in {folder} names a model file outside its folder or missing: {sk.get('pickled_model')!r}")
-    return sio.load(file, trusted=check_trusted(sio.get_untrusted_types(file=file)))
-
-# %% ../nbs/12a_payload.ipynb #26d28bb3
-_FETCH = ("import json, sys\nfrom mlkit.core import MlkitError\nfrom mlkit.payload import fetch_model\n"
-          "try: print(json.dumps({'meta': fetch_model(sys.argv[1], sys.argv[2])}, default=str))\n"
-          "except MlkitError as e: print(json.dumps({'error': str(e), 'type': type(e).__name__}))\n")
-
-def _fetch_in_helper(uri:str, folder:str) -> dict:
-    "`fetch_model` in a helper process, while the caller imports skops; its MlkitError re-raised here."
-    import subprocess
-    from mlkit import core
-    proc = subprocess.Popen([sys.executable, "-c", _FETCH, uri, folder], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import skops.io, sklearn.pipeline  # noqa: F401  (the other half of the start-up, overlapped)
-    out, err = proc.communicate()
-    try: got = json.loads(out.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise ServeError(f"loading model '{uri}' failed: {(err.strip().splitlines() or ['no output'])[-1][:300]}") from None
-    if "error" in got: raise getattr(core, got["type"], ServeError)(got["error"])
-    return got["meta"]
-
-# %% ../nbs/12a_payload.ipynb #26d28ba8
-def load_served_model(uri:str, *, unseen:str="pipeline", overlap:bool=False) -> ServedModel:
-    "Load the model at `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) as a `ServedModel`; `overlap`: MLflow in a helper process."
-    import shutil, tempfile
-    if not overlap:
-        from mlkit.tracking import load_model_meta, load_sklearn_model
-        meta = load_model_meta(uri)
-        pipe = load_sklearn_model(f"models:/{meta['name']}/{meta['version']}" if meta.get("version") else uri)
-        meta["lineage"] = _lineage(meta.get("run_id"))
-    else:
-        tmp = tempfile.mkdtemp(prefix="mlkit-model-")
-        try: meta = _fetch_in_helper(uri, tmp); pipe = _load_local_model(meta.pop("local_dir"))
-        finally: shutil.rmtree(tmp, ignore_errors=True)
-    return ServedModel(pipe, schema=meta.get("schema"), task=meta.get("task"), name=meta.get("name"), version=meta.get("version"),
-                       run_id=meta.get("run_id"), uri=uri, meta=meta, unseen=unseen)
 
 # %% ../nbs/12a_payload.ipynb #44c525e4
 def _field_type(spec:dict, *, reject:bool, optional:bool=False):

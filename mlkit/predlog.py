@@ -4,7 +4,7 @@
 
 # %% ../nbs/12b_predlog.ipynb #c2b00003
 from __future__ import annotations
-import logging, os, queue, random, tempfile, threading, time
+import json, logging, os, queue, random, sys, tempfile, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -14,7 +14,7 @@ from .compile import _is_null, _kind, _str_categories
 from .payload import ServedModel
 
 # %% auto #0
-__all__ = ['write_log_file', 'read_prediction_log', 'check_log_dir', 'PredictionLog']
+__all__ = ['write_log_file', 'read_prediction_log', 'check_log_dir', 'PredictionLog', 'JsonLogFormatter', 'configure_logging']
 
 # %% ../nbs/12b_predlog.ipynb #61a4c83c
 def _arrow_column(values:list, spec:dict|None):
@@ -119,3 +119,28 @@ def _write(self:PredictionLog, pending:list):
     for m, entries in by_model.values():
         try: self.files.append(write_log_file(self.folder, m, entries, self._seq)); self._seq += 1
         except OSError as e: logging.getLogger("mlkit.serve").error("prediction log write failed: %s", e)
+
+# %% ../nbs/12b_predlog.ipynb #c2b00101
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+class JsonLogFormatter(logging.Formatter):
+    "A log record as one JSON object: timestamp, level, event, logger, the record's extra fields, and `error` (the traceback)."
+    def format(self, record:logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        out = {"timestamp": ts, "level": record.levelname.lower(), "event": record.getMessage(), "logger": record.name}
+        out |= {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS and not k.startswith("_")}
+        if record.exc_info: out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+# %% ../nbs/12b_predlog.ipynb #c2b00102
+def configure_logging(fmt:str="text", *, level:str="info", stream=None) -> logging.Handler:
+    "Send every log record (mlkit's, uvicorn's, MLflow's) at `level` or above to `stream` (stderr), as text or one JSON object a line."
+    if fmt not in ("text", "json"): raise ServeError(f"--log-format must be 'text' or 'json', got {fmt!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers): root.removeHandler(h)
+    root.addHandler(handler); root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # uvicorn's own handlers would print text
+        logging.getLogger(name).handlers.clear(); logging.getLogger(name).propagate = True
+    return handler

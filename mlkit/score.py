@@ -11,7 +11,8 @@ import numpy as np, pandas as pd
 from pydantic import Field, ValidationError
 from .config import Section
 from .core import DataError
-from .payload import POLICIES, ServedModel, _kind, _show, _str_categories, load_served_model
+from .payload import POLICIES, ServedModel, _kind, _show, _str_categories
+from .runtime import load_served_model
 from .serve import option_error
 
 # %% auto #0

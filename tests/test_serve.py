@@ -583,3 +583,122 @@ def test_concurrent_requests_are_merged_and_answered_right(fitted):
     one = float(re.search(r'mlkit_batch_requests_bucket\{le="1.0"\} ([\d.]+)', metrics).group(1))
     calls = float(re.search(r"mlkit_batch_requests_count ([\d.]+)", metrics).group(1))
     assert calls < 64 and one < calls, (one, calls)  # some predict calls answered several requests
+
+
+# ---------------------------------------------------------------- Open Inference Protocol V2 (issue 14.5)
+def v2_request(X, m, n=3, outputs=("predict", "predict_proba")):
+    from mlkit.v2 import v2_datatype
+    X = X.dropna().head(n)
+    return {"id": "r-1", "inputs": [{"name": c, "shape": [n], "datatype": v2_datatype(m.specs[c]), "data": X[c].tolist()} for c in m.inputs],
+            "outputs": [{"name": o} for o in outputs]}, X
+
+
+def test_v2_protocol_shapes(client, fitted):
+    "The protocol's published JSON shapes: health, server and model metadata, inference, errors."
+    c = client(token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert c.get("/v2/health/live").json() == {"live": True} and c.get("/v2/health/ready").json() == {"ready": True}  # no token needed
+    assert c.get("/v2/models/credit/ready").status_code == 200
+    assert c.get("/v2", headers=auth).json()["name"] == "mlkit"
+    md = c.get("/v2/models/credit", headers=auth).json()
+    assert (md["name"], md["versions"], md["platform"]) == (NAME, ["1"], "mlkit-sklearn")
+    assert [i["name"] for i in md["inputs"]] == list(fitted["X"].columns)
+    assert {i["name"]: i["datatype"] for i in md["inputs"]}["age"] == "FP64" and {i["name"]: i["datatype"] for i in md["inputs"]}["housing"] == "BYTES"
+    assert md["outputs"] == [{"name": "predict", "datatype": "INT64", "shape": [-1]}, {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]}]
+    served = c.app.state.holder.model
+    body, X = v2_request(fitted["X"], served)
+    r = c.post("/v2/models/credit/infer", json=body, headers=auth)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["model_name"], out["model_version"], [o["name"] for o in out["outputs"]]) == (NAME, "1", ["predict", "predict_proba"])
+    assert out["outputs"][0] == {"name": "predict", "shape": [3], "datatype": "INT64", "data": fitted["model"].predict(X).tolist()}
+    np.testing.assert_allclose(np.reshape(out["outputs"][1]["data"], out["outputs"][1]["shape"]), fitted["model"].predict_proba(X), atol=1e-9)
+    assert c.post("/v2/models/credit/versions/1/infer", json=body, headers=auth).status_code == 200
+    assert c.post("/v2/models/credit/infer", json=body).status_code == 401  # the same auth as /invocations
+    wrong = c.post("/v2/models/other/infer", json=body, headers=auth)
+    assert wrong.status_code == 404 and "this server serves 'credit'" in wrong.json()["error"]
+    body["inputs"][0]["data"][0] = "old"  # the same validation as /invocations, V2's error shape
+    bad = c.post("/v2/models/credit/infer", json=body, headers=auth)
+    assert bad.status_code == 422 and bad.json() == {"error": "column 'age', row 0: expected a number, got 'old'"}
+    assert 'mlkit_requests_total{endpoint="/v2/models",status="422"} 1.0' in c.get("/metrics", headers=auth).text
+
+
+@pytest.mark.slow
+def test_v2_with_the_triton_client(fitted):
+    "A V2 client library from PyPI (tritonclient[http], a test extra) against a real server on 127.0.0.1."
+    httpclient = pytest.importorskip("tritonclient.http")
+    import uvicorn
+    from mlkit.payload import ServedModel
+    from mlkit.serve import bind_socket, make_app
+    from mlkit.v2 import v2_datatype
+    served = ServedModel(fitted["model"], schema=fitted["schema"], name=NAME, version="1")
+    sock = bind_socket("127.0.0.1", free_port())
+    srv = uvicorn.Server(uvicorn.Config(make_app(served, token=TOKEN), log_level="critical"))
+    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True); t.start()
+    try:
+        wait_ready(f"http://127.0.0.1:{sock.getsockname()[1]}/health")
+        c = httpclient.InferenceServerClient(url=f"127.0.0.1:{sock.getsockname()[1]}")
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(NAME)
+        md = c.get_model_metadata(NAME, headers=auth)
+        assert [i["name"] for i in md["inputs"]] == served.inputs
+        X = fitted["X"].dropna().head(4)
+        inputs = []
+        for col in served.inputs:
+            dt = v2_datatype(served.specs[col])
+            inp = httpclient.InferInput(col, [len(X)], dt)
+            inp.set_data_from_numpy(np.array(X[col].tolist(), dtype=object if dt == "BYTES" else np.float64), binary_data=False)
+            inputs.append(inp)
+        outs = [httpclient.InferRequestedOutput(o, binary_data=False) for o in ("predict", "predict_proba")]
+        res = c.infer(NAME, inputs, outputs=outs, headers=auth)
+        assert res.as_numpy("predict").tolist() == fitted["model"].predict(X).tolist()
+        np.testing.assert_allclose(res.as_numpy("predict_proba"), fitted["model"].predict_proba(X), atol=1e-9)
+        c.close()
+    finally:
+        srv.should_exit = True; t.join(10)
+
+
+# ---------------------------------------------------------------- JSON logs (issue 14.4)
+def test_json_log_lines_carry_the_request_id(client, fitted):
+    import io, logging
+    from mlkit.predlog import configure_logging
+    buf = io.StringIO()
+    root, before = logging.getLogger(), (list(logging.getLogger().handlers), logging.getLogger().level)
+    configure_logging("json", stream=buf)
+    try:
+        c = client()
+        rec = records(fitted["X"], 1)[0]
+        r = c.post("/invocations", json={"dataframe_records": [rec]}, headers={"X-Request-ID": "order-17"})
+        bad = c.post("/invocations", json={"dataframe_records": [{**rec, "age": "old"}]})
+    finally:
+        for h in list(root.handlers): root.removeHandler(h)
+        for h in before[0]: root.addHandler(h)
+        root.setLevel(before[1])
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]  # every line parses
+    reqs = [l for l in lines if l["event"] == "request"]
+    assert r.headers["x-request-id"] == "order-17" and len(bad.headers["x-request-id"]) == 32
+    first = reqs[0]
+    assert {k: first[k] for k in ("request_id", "status", "path", "model_name", "model_version", "level")} == \
+           {"request_id": "order-17", "status": 200, "path": "/invocations", "model_name": NAME, "model_version": "1", "level": "info"}
+    assert first["latency_ms"] > 0 and first["timestamp"].endswith("Z")
+    assert reqs[1]["status"] == 422 and reqs[1]["request_id"] == bad.headers["x-request-id"]
+    assert "payload" not in first and str(rec["income"]) not in buf.getvalue()  # no request payloads unless asked
+
+
+@pytest.mark.slow
+def test_cli_log_format_json_every_line_parses(store):
+    import httpx
+    proc, url = start_server(store, "--model", f"models:/{NAME}@champion", "--log-format", "json", "--log-dir", "none", "--log-payloads")
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = httpx.post(url + "/invocations", json={"dataframe_records": records(store["X"], 1)}, headers={**auth, "X-Request-ID": "cli-42"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "cli-42"
+        httpx.post(url + "/invocations", content=b"{", headers={**auth, "Content-Type": "application/json"})
+    finally:
+        proc.terminate(); _, err = proc.communicate(timeout=20)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is one JSON object
+    assert any(l["event"] == "serving" and l["model_name"] == NAME for l in lines)
+    req = next(l for l in lines if l.get("request_id") == "cli-42")
+    assert (req["status"], req["model_version"], req["path"]) == (200, store["version"], "/invocations")
+    assert '"dataframe_records"' in req["payload"]  # asked for with --log-payloads
+    assert any(l.get("status") == 400 for l in lines) and all({"timestamp", "level", "event"} <= set(l) for l in lines)
