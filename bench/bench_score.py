@@ -1,7 +1,10 @@
-"""Batch-scoring benchmark: `mlkit.score.score_file` (Parquet in, chunked, checked, Parquet out) against in-process
-`predict_proba` on the whole frame already in memory; and peak memory (RSS, each case in a fresh process) by chunk size.
+"""Batch-scoring benchmark, each against its baseline in the same run (ratios, absolute figures beside them):
+  1. the command: `mlkit score` on 1,000 rows (CSV in, Parquet out) against `mlflow models predict --env-manager local` on the
+     same file and model, alternating, median of --cli-runs each; goal mlkit <= 0.5x MLflow.
+  2. throughput: `mlkit.score.score_file` (Parquet in, chunked, checked, Parquet out) against in-process `predict_proba` on the
+     whole frame already in memory, and peak memory (RSS, each case in a fresh process) by chunk size.
 
-    python bench/bench_score.py [--rows 200000]        # about 1.5 minutes
+    python bench/bench_score.py [--rows 200000] [--cli-runs 3]        # about 3 minutes
 """
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -10,7 +13,7 @@ CASE = r'''
 import json, os, resource, sys, time
 os.environ["OMP_NUM_THREADS"] = "1"
 import pandas as pd, skops.io as sio
-from mlkit.serve import ServedModel
+from mlkit.payload import ServedModel
 from mlkit.score import score_file
 d, case, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 m = sio.load(f"{d}/model.skops", trusted=sio.get_untrusted_types(file=f"{d}/model.skops"))
@@ -29,10 +32,39 @@ print(json.dumps({"rows_per_s": rows / secs, "peak_mb": resource.getrusage(resou
 '''
 
 
+def cli_ratio(runs):
+    "Median seconds of `mlkit score` and `mlflow models predict` on the same 1,000 rows, alternating, and their ratio."
+    import statistics
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_serve import BIN, train
+    from mlkit import data as md
+    d = Path(tempfile.mkdtemp(prefix="bench_score_cli_"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db", "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}",
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+    old = dict(os.environ); os.environ.update(env); cwd = os.getcwd(); os.chdir(d)
+    try: train(d)
+    finally: os.chdir(cwd); os.environ.clear(); os.environ.update(old)
+    md.make_credit_data(1000, seed=3).drop(columns=["application_date", "default", "id"]).to_csv(d / "in.csv", index=False)
+    cmds = {"mlkit": [str(BIN / "mlkit"), "score", "--model", "models:/credit@champion", "--input", "in.csv", "--output", "out.parquet"],
+            "mlflow": [str(BIN / "mlflow"), "models", "predict", "-m", "models:/credit@champion", "-i", "in.csv", "-t", "csv",
+                       "-o", "out.json", "--env-manager", "local"]}
+    times = {k: [] for k in cmds}
+    for _ in range(runs):
+        for k, cmd in cmds.items():
+            t = time.perf_counter(); r = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True)
+            times[k].append(time.perf_counter() - t)
+            if r.returncode: raise SystemExit(f"{k} failed: {r.stderr[-2000:]}")
+    mk, mf = statistics.median(times["mlkit"]), statistics.median(times["mlflow"])
+    print(f"mlkit score, 1,000 rows: ratio x{mk / mf:.2f} (goal <= 0.5) — mlkit {mk:.2f} s, mlflow models predict {mf:.2f} s "
+          f"(medians of {runs}: {[round(t, 2) for t in times['mlkit']]} / {[round(t, 2) for t in times['mlflow']]})\n", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--cli-runs", type=int, default=3)
     a = ap.parse_args()
+    cli_ratio(a.cli_runs)
     import skops.io as sio
     from mlkit import data as md, models as mm
     d = Path(tempfile.mkdtemp(prefix="bench_score_"))

@@ -1,12 +1,19 @@
 """Serving benchmark: `mlkit serve` against `mlflow models serve --env-manager local`, same model, same payloads, same run.
 
-Load generator: `wrk` (Debian package; keep-alive connections, 2 threads), falling back to a Python thread pool with httpx when wrk
-is missing. Cells (1 row / 100 rows × 1 / 16 clients) alternate between the two servers so that machine noise hits both alike;
-compare the ratios, not the absolute numbers. Also: single-row latency over HTTP against in-process predict on the same row.
+Measures (each with its baseline in the same run; ratios first, absolute figures beside them):
+  1. ready: seconds from start to the first 200 of /ready (mlkit) or /ping (mlflow), alternating, median of --starts each;
+     goal mlkit <= 0.4x mlflow.
+  2. single-row latency: p50 of one keep-alive client (http.client, one TCP connection) against mlkit's compiled in-process
+     predict on the same row; goal <= +1 ms.
+  3. the four load cells (1 row / 100 rows x 1 / 16 clients) with `wrk` (Debian package; keep-alive, 2 threads), alternating
+     between the servers; goal: mlkit >= 3x mlflow's req/s and a lower p99 in every cell. Without wrk: a Python httpx fallback.
 
-    python bench/bench_serve.py [--seconds 6]          # about 2 minutes
+Machine noise hits both servers alike (alternating, same run): compare the ratios. Start-up is profiled by
+`bench/profile_serve_startup.py`.
+
+    python bench/bench_serve.py [--seconds 6] [--starts 3]          # about 3 minutes on a quiet 2-core machine
 """
-import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, http.client, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -17,15 +24,16 @@ def free_port():
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
-def wait(url, proc, timeout=90):
+def wait(url, proc, timeout=180):
+    "Seconds until `url` answers 200 (polled every 20 ms)."
     import httpx
-    t0 = time.time()
-    while time.time() - t0 < timeout:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None: raise SystemExit(f"server exited: {proc.stderr.read()}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200: return time.time() - t0
+            if httpx.get(url, timeout=1).status_code == 200: return time.perf_counter() - t0
         except httpx.HTTPError: pass
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise SystemExit(f"{url} not ready")
 
 
@@ -40,7 +48,26 @@ def train(d):
     with tracking.start_run(pipeline="train", experiment="bench"):
         info = tracking.log_model(m, X_sample=X, schema=schema, task="binary", model_name="credit")
     mlflow.MlflowClient().set_registered_model_alias("credit", "champion", info.registered_model_version)
-    return m, X
+    return m, schema, X
+
+
+COMMANDS = {
+    "mlkit": lambda port, d: [str(BIN / "mlkit"), "serve", "--model", "models:/credit@champion", "--port", str(port), "--log-dir", str(d / "plog")],
+    "mlflow": lambda port, d: [str(BIN / "mlflow"), "models", "serve", "-m", "models:/credit@champion", "--env-manager", "local",
+                               "-p", str(port), "-h", "127.0.0.1"]}
+PROBE = {"mlkit": "/ready", "mlflow": "/ping"}
+
+
+def start(name, d, env):
+    port = free_port()
+    proc = subprocess.Popen(COMMANDS[name](port, d), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, port, wait(f"http://127.0.0.1:{port}{PROBE[name]}", proc)
+
+
+def stop(proc):
+    proc.terminate()
+    try: proc.wait(15)
+    except subprocess.TimeoutExpired: proc.kill(); proc.wait()
 
 
 def run_wrk(url, body_file, clients, seconds):
@@ -52,8 +79,7 @@ def run_wrk(url, body_file, clients, seconds):
     pct = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errs = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": pct["50"], "p99": pct["99"], "non2xx": int(bad.group(1)) if bad else 0, "socket_errors": errs.group(1) if errs else ""}
+    return {"rps": rps, "p50": pct["50"], "p99": pct["99"], "non2xx": int(bad.group(1)) if bad else 0}
 
 
 def run_py(url, body_file, clients, seconds):
@@ -67,78 +93,88 @@ def run_py(url, body_file, clients, seconds):
                 bad[0] += r.status_code != 200
     with ThreadPoolExecutor(clients) as ex: list(ex.map(loop, range(clients)))
     lat.sort()
-    return {"rps": len(lat) / seconds, "p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99)], "non2xx": bad[0], "socket_errors": ""}
+    return {"rps": len(lat) / seconds, "p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99)], "non2xx": bad[0]}
 
 
-def inprocess(m, X, n=300):
-    "p50 ms of pipeline.predict on one row (a DataFrame, as in any Python caller) and of mlkit's compiled path."
-    from mlkit.serve import ServedModel
-    from mlkit import data as md
-    sm = ServedModel(m, schema=md.infer_schema(X.assign(default=0), target="default"), name="credit")
-    row = X.head(1); cols = {c: [v] for c, v in json.loads(row.to_json(orient="records"))[0].items()}
-    def p50(f):
-        f(); ts = []
-        for _ in range(n):
-            t = time.perf_counter(); f(); ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
-    return {"pipeline.predict": p50(lambda: m.predict(row)), "compiled": p50(lambda: sm.predict(cols, 1))}
+def http_p50(port, body, n=400):
+    "p50 ms of `n` sequential POSTs over one keep-alive connection (http.client: little client overhead)."
+    conn, ts = http.client.HTTPConnection("127.0.0.1", port), []
+    for i in range(n + 20):
+        t = time.perf_counter()
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse(); r.read()
+        if i >= 20: ts.append((time.perf_counter() - t) * 1e3)
+        assert r.status == 200, r.status
+    conn.close()
+    return statistics.median(ts)
+
+
+def inprocess_p50(m, schema, row, n=400):
+    "p50 ms of mlkit's compiled predict (ServedModel.predict, verified FastPath) on the same row, in this process."
+    from mlkit.payload import ServedModel
+    sm = ServedModel(m, schema=schema, name="credit")
+    cols = {c: [v] for c, v in row.items()}
+    for _ in range(20): sm.predict(cols, 1)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); sm.predict(cols, 1); ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts), sm.fast is not None
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=6, help="seconds per cell (default 6)")
+    ap.add_argument("--seconds", type=int, default=6, help="seconds per load cell (default 6)")
+    ap.add_argument("--starts", type=int, default=3, help="start-ups of each server for the ready time (default 3)")
     a = ap.parse_args()
     os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     d = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     os.chdir(d)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
     env.pop("MLKIT_SERVE_TOKEN", None)
-    m, X = train(d)
+    m, schema, X = train(d)
     for n in (1, 100):
         (d / f"rows{n}.json").write_text(json.dumps({"dataframe_split": json.loads(X.sample(n, random_state=n).to_json(orient="split", index=False))}))
-    gen = run_wrk if shutil.which("wrk") else run_py
-    ports = {"mlkit": free_port(), "mlflow": free_port()}
-    procs = {
-        "mlkit": subprocess.Popen([str(BIN / "mlkit"), "serve", "--model", "models:/credit@champion", "--port", str(ports["mlkit"]), "--log-dir", str(d / "plog")],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
-        "mlflow": subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/credit@champion", "--env-manager", "local", "-p", str(ports["mlflow"]),
-                                    "-h", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)}
+    procs = {}
     try:
-        for k, p in procs.items(): print(f"{k} ready in {wait(f'http://127.0.0.1:{ports[k]}/health', p):.1f} s", flush=True)
-        urls = {k: f"http://127.0.0.1:{p}/invocations" for k, p in ports.items()}
-        for k, u in urls.items():  # warm up, and check both answer the same
-            gen(u, d / "rows1.json", 1, 1)
+        # 1. ready time, alternating
+        ready = {"mlkit": [], "mlflow": []}
+        for _ in range(a.starts):
+            for k in ("mlflow", "mlkit"):
+                proc, port, secs = start(k, d, env); ready[k].append(secs); stop(proc)
+        rk, rf = statistics.median(ready["mlkit"]), statistics.median(ready["mlflow"])
+        print(f"ready: ratio x{rk / rf:.2f} (goal <= 0.4) — mlkit {rk:.2f} s, mlflow {rf:.2f} s (medians of {a.starts}; "
+              f"mlkit {[round(x, 2) for x in ready['mlkit']]}, mlflow {[round(x, 2) for x in ready['mlflow']]})", flush=True)
+        for k in ("mlkit", "mlflow"):
+            proc, port, _ = start(k, d, env); procs[k] = (proc, port)
+        urls = {k: f"http://127.0.0.1:{p}/invocations" for k, (_, p) in procs.items()}
         import httpx
         same = httpx.post(urls["mlkit"], content=(d / "rows100.json").read_bytes(), headers={"Content-Type": "application/json"}).json() == \
                httpx.post(urls["mlflow"], content=(d / "rows100.json").read_bytes(), headers={"Content-Type": "application/json"}).json()
-        print(f"load generator: {'wrk' if gen is run_wrk else 'python httpx threads'}; {a.seconds} s per cell; same predictions on 100 rows: {same}\n")
-        print(f"{'payload':>8} {'clients':>7} | {'server':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} | ratio req/s, p99")
-        rows = []
+        # 2. single row: HTTP against in-process compiled predict
+        body = json.dumps({"dataframe_records": [json.loads(X.sample(1, random_state=1).to_json(orient="records"))[0]]})
+        row = json.loads(body)["dataframe_records"][0]
+        hp, (ip, compiled) = http_p50(procs["mlkit"][1], body), inprocess_p50(m, schema, row)
+        print(f"single row p50: HTTP over in-process {hp - ip:+.2f} ms (goal <= +1 ms) — HTTP {hp:.2f} ms, in-process compiled predict "
+              f"{ip:.2f} ms (compiled: {compiled}); mlflow HTTP {http_p50(procs['mlflow'][1], body, 100):.2f} ms", flush=True)
+        # 3. the four cells
+        gen = run_wrk if shutil.which("wrk") else run_py
+        for u in urls.values(): gen(u, d / "rows1.json", 1, 1)  # warm up
+        print(f"\nload generator: {'wrk' if gen is run_wrk else 'python httpx threads'}; {a.seconds} s per cell; same predictions on 100 rows: {same}")
+        print(f"{'payload':>8} {'clients':>7} | {'ratio req/s':>11} {'ratio p99':>9} | {'mlkit req/s':>11} {'p50':>7} {'p99':>7} | "
+              f"{'mlflow req/s':>12} {'p50':>7} {'p99':>7} | non-2xx")
+        cells = []
         for n in (1, 100):
             for c in (1, 16):
                 res = {k: gen(urls[k], d / f"rows{n}.json", c, a.seconds) for k in ("mlflow", "mlkit")}
-                for k, r in res.items():
-                    extra = f"| x{res['mlkit']['rps'] / res['mlflow']['rps']:.2f}, x{res['mlkit']['p99'] / res['mlflow']['p99']:.2f}" if k == "mlkit" else ""
-                    print(f"{n:>5} rw {c:>7} | {k:>6} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>6} {extra}", flush=True)
-                rows.append((n, c, res))
-        # single-row latency: HTTP (1 client) against in-process predict on the same row
-        body = (d / "rows1.json").read_bytes()
-        with httpx.Client(headers={"Content-Type": "application/json"}) as cl:
-            ts = []
-            for _ in range(300):
-                t = time.perf_counter(); cl.post(urls["mlkit"], content=body); ts.append((time.perf_counter() - t) * 1e3)
-        http_p50, ip = statistics.median(ts), inprocess(m, X.sample(1, random_state=1))
-        print(f"\nsingle row, p50: HTTP to mlkit serve {http_p50:.2f} ms (httpx client); in-process pipeline.predict {ip['pipeline.predict']:.2f} ms; "
-              f"in-process compiled path {ip['compiled']:.2f} ms")
-        print(f"added by HTTP over in-process pipeline.predict: {http_p50 - ip['pipeline.predict']:+.2f} ms; over the compiled path: {http_p50 - ip['compiled']:+.2f} ms")
-        print(json.dumps({"cells": [{"rows": n, "clients": c, **{f"{k}_{m_}": round(v, 2) for k, r in res.items() for m_, v in r.items() if m_ != "socket_errors"}}
-                                    for n, c, res in rows], "http_p50_ms": round(http_p50, 2), **{f"inprocess_{k}_ms": round(v, 2) for k, v in ip.items()}}))
+                k_, f_ = res["mlkit"], res["mlflow"]
+                print(f"{n:>5} rw {c:>7} | x{k_['rps'] / f_['rps']:>10.2f} x{k_['p99'] / f_['p99']:>8.2f} | {k_['rps']:>11.1f} {k_['p50']:>7.2f} "
+                      f"{k_['p99']:>7.2f} | {f_['rps']:>12.1f} {f_['p50']:>7.2f} {f_['p99']:>7.2f} | {k_['non2xx']}/{f_['non2xx']}", flush=True)
+                cells.append({"rows": n, "clients": c, **{f"{k}_{m_}": round(v, 2) for k, r in res.items() for m_, v in r.items()}})
+        print(json.dumps({"ready_s": {"mlkit": ready["mlkit"], "mlflow": ready["mlflow"]}, "single_row_http_p50_ms": round(hp, 3),
+                          "single_row_inprocess_p50_ms": round(ip, 3), "cells": cells}))
     finally:
-        for p in procs.values():
-            p.terminate()
-            try: p.wait(10)
-            except subprocess.TimeoutExpired: p.kill()
+        for proc, _ in procs.values(): stop(proc)
         shutil.rmtree(d, ignore_errors=True)
 
 

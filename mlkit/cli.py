@@ -15,8 +15,8 @@ _PARAMS = (("-p", "--params"), dict(metavar="PARAMS.yaml", help="YAML parameter 
 _UNSEEN = (("--unseen",), dict(choices=["pipeline", "reject"], default="pipeline", help="unseen categories: let the encoder handle them (default), or reject the row"))
 _EXPERIMENT = (("--experiment",), dict(help="MLflow experiment (default: the params' `experiment`)"))
 
-def _cmd(handler:str, help:str, *args, schema:str|None=None, flags=()) -> dict:
-    return dict(handler=handler, help=help, args=list(args), schema=schema, flags=tuple(flags))
+def _cmd(handler:str, help:str, *args, schema:str|None=None, flags=(), options:str|None=None) -> dict:
+    return dict(handler=handler, help=help, args=list(args), schema=schema, flags=tuple(flags), options=options)
 
 # %% ../nbs/15_cli.ipynb #7c37ff05
 COMMANDS = {
@@ -61,24 +61,9 @@ COMMANDS = {
     "rollback": _cmd("mlkit.gate:cli_rollback", "restore the previous champion",
         (("model",), dict(help="registered model name")), (("--reason",), dict(help="why (recorded in the history)"))),
     "history": _cmd("mlkit.gate:cli_history", "show every alias move of a registered model", (("model",), dict(help="registered model name"))),
-    "serve": _cmd("mlkit.serve:cli_serve", "serve a model over HTTP (MLflow-compatible /invocations, /predict, /metrics, ...)",
-        (("--model",), dict(default="models:/credit@champion", help="model URI (default: models:/credit@champion)")),
-        (("--host",), dict(default="127.0.0.1", help="bind address (default: 127.0.0.1)")),
-        (("--port",), dict(type=int, default=8000, help="port (default: 8000)")),
-        (("--workers",), dict(type=int, default=1, help="worker processes (default: 1)")),
-        (("--log-dir",), dict(dest="log_dir", default=None, help="prediction log folder (default: ./prediction_log; `none` disables the log)")),
-        (("--sample-rate",), dict(dest="sample_rate", type=float, default=1.0, help="fraction of requests logged (default: 1.0)")),
-        (("--token-env",), dict(dest="token_env", default="MLKIT_SERVE_TOKEN", help="env var holding the bearer token; auth is off when unset")),
-        (("--reload-interval",), dict(dest="reload_interval", type=float, default=2.0, help="seconds between checks of the model alias (0 = never reload)")),
-        _UNSEEN,
-        (("--max-body-bytes",), dict(dest="max_body_bytes", type=int, default=1_048_576, help="request size limit (413 above it; default 1 MiB)"))),
-    "score": _cmd("mlkit.score:cli_score", "batch-score a CSV/Parquet file in bounded memory",
-        (("--model",), dict(default="models:/credit@champion", help="model URI (default: models:/credit@champion)")),
-        (("--input",), dict(required=True, help="CSV or Parquet file (or folder of Parquet files)")),
-        (("--output",), dict(required=True, help="output file (.csv or .parquet)")),
-        (("--chunksize",), dict(type=int, default=100_000, help="rows per chunk (default: 100000)")),
-        (("--engine",), dict(choices=["local", "dask"], default="local", help="local (default) or dask")),
-        (("--scheduler",), dict(help="Dask scheduler address (default: a LocalCluster)")), _UNSEEN),
+    "serve": _cmd("mlkit.commands:cli_serve", "serve a model over HTTP (MLflow's /invocations, the V2 protocol, /predict, /metrics, ...)",
+        options="mlkit.params:ServeParams"),
+    "score": _cmd("mlkit.commands:cli_score", "batch-score a CSV/Parquet file in bounded memory", options="mlkit.params:ScoreParams"),
     "monitor": _cmd("mlkit.monitor:cli_monitor", "drift and performance report; exit 0 healthy, 3 alert, other on error",
         _PARAMS, _SET,
         (("--from-log",), dict(dest="from_log", nargs="?", const="prediction_log", default=None, metavar="LOG_DIR", help="read the serving prediction log (default folder: prediction_log)")),
@@ -102,6 +87,24 @@ def _flag_args(schema_name:str, path:str) -> tuple:
     kw = dict(dest=f"_flag_{path}", help=f"{f.description or path}{shown}; same as --set {path}=...")
     return (name,), (kw | dict(action="store_const", const="true") if boolean else kw | dict(metavar=path.split(".")[-1].upper()))
 
+# %% ../nbs/15_cli.ipynb #5a1c0001b
+def _option_args(name:str, f) -> tuple:
+    "(flags, argparse keywords) of the flag of option field `name` (pydantic FieldInfo `f`)."
+    from typing import get_args, get_origin, Literal
+    ann, args = f.annotation, get_args(f.annotation)
+    shown = "" if f.is_required() or f.default in (None, False) else f" (default: {f.default})"
+    kw = dict(dest=name, default=None, help=f"{f.description or name}{shown}")
+    if ann is bool: kw |= dict(action="store_const", const=True)
+    elif get_origin(ann) is Literal: kw |= dict(choices=list(args))
+    elif any(get_origin(a) is list for a in (ann, *args)): kw |= dict(action="append", metavar=name.upper())
+    else: kw |= dict(metavar=name.upper(), required=f.is_required())
+    return ("--" + name.replace("_", "-"),), kw
+
+def _option_schema(path:str):
+    import importlib
+    mod, _, cls = path.partition(":")
+    return getattr(importlib.import_module(mod), cls)
+
 # %% ../nbs/15_cli.ipynb #79ea9274
 def _command_of(argv) -> str|None:
     return next((a for a in argv if not a.startswith("-")), None)
@@ -118,6 +121,8 @@ def make_parser(argv=()) -> argparse.ArgumentParser:
         if name != chosen: continue
         for flags, kw in c["args"]: sp.add_argument(*flags, **kw)
         for path in c["flags"]: sp.add_argument(*_flag_args(c["schema"], path)[0], **_flag_args(c["schema"], path)[1])
+        if c["options"]:
+            for name, f in _option_schema(c["options"]).model_fields.items(): sp.add_argument(*_option_args(name, f)[0], **_option_args(name, f)[1])
     return p
 
 def parse_args(argv) -> argparse.Namespace:

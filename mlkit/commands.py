@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 # %% auto #0
-__all__ = ['cli_run', 'cli_reproduce', 'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
+__all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
 
 # %% ../nbs/15a_commands.ipynb #24b077db
 def cli_run(args) -> int:
@@ -29,6 +29,33 @@ def cli_reproduce(args) -> int:
     x = reproduce_run(args.run_id, tolerance=args.tolerance, engine=getattr(args, "engine", "kernel"))
     print(format_reproduction(x))
     return 0 if x.identical else 1
+
+# %% ../nbs/15a_commands.ipynb #c0ad0s02
+def _options(args, schema) -> dict:
+    "The options given on the command line (None: left to the schema's default); `--trust` applied to this process."
+    import os
+    opts = {k: getattr(args, k) for k in schema.model_fields if getattr(args, k, None) is not None}
+    if opts.get("trust") is not None:
+        from mlkit.trust import read_trusted_modules
+        os.environ["MLKIT_TRUSTED_MODULES"] = ",".join(read_trusted_modules(opts["trust"]))
+    return opts
+
+def cli_serve(args) -> int:
+    "`mlkit serve [--model URI] [--host H --port P] ...`: serve a registered model over HTTP until stopped."
+    from mlkit.params import ServeParams
+    from mlkit.serve import serve
+    serve(**_options(args, ServeParams))
+    return 0
+
+def cli_score(args) -> int:
+    "`mlkit score --input IN --output OUT [--model URI]`: batch-score a file; prints the summary as JSON."
+    import json
+    from mlkit.params import ScoreParams
+    from mlkit.score import score
+    summary = score(**_options(args, ScoreParams))
+    print(json.dumps(summary))
+    if summary["rejected"]: print(f"{summary['rejected']} row(s) could not be scored; see {summary['rejected_file']}", file=sys.stderr)
+    return 0
 
 # %% ../nbs/15a_commands.ipynb #c0ad0010
 def cli_params(args) -> int:

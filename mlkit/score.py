@@ -4,49 +4,87 @@
 
 # %% ../nbs/13_score.ipynb #7160bdfa
 from __future__ import annotations
-import os, sys, tempfile, time
+import os, secrets, sys, time
 from pathlib import Path
+from typing import Literal
 import numpy as np, pandas as pd
-from .core import DataError, ServeError
-from .serve import ServedModel, _kind, _str_categories, load_served_model
+from pydantic import Field, ValidationError
+from .params import ScoreParams
+from .core import DataError
+from .payload import POLICIES, ServedModel, _kind, _show, _str_categories
+from .runtime import load_served_model
+from .serve import option_error
 
 # %% auto #0
-__all__ = ['check_header', 'split_bad_rows', 'score_chunk', 'iter_chunks', 'count_rows', 'ChunkWriter', 'check_paths',
-           'model_label', 'score_file', 'score_dask', 'cli_score']
+__all__ = ['score_params', 'check_header', 'split_bad_rows', 'score_chunk', 'iter_chunks', 'count_rows', 'ChunkWriter',
+           'check_paths', 'model_label', 'score_file', 'score_dask', 'score']
+
+# %% ../nbs/13_score.ipynb #0d37ef0d
+def score_params(**options) -> ScoreParams:
+    "`options` validated as `ScoreParams`; an error naming the flag of the first bad one."
+    try: return ScoreParams(**options)
+    except ValidationError as e: raise option_error(e, ScoreParams) from None
 
 # %% ../nbs/13_score.ipynb #6b38ab32
-def check_header(columns, model:ServedModel) -> None:
-    "DataError when an input column of `model` is absent from `columns`."
+def check_header(columns, model:ServedModel, *, policy:str="mlflow") -> list[str]:
+    "The columns of the input the model does not use; DataError for a missing input column (or, when `policy` is strict, an extra one)."
     missing = [c for c in model.inputs if c not in set(columns)]
     if missing: raise DataError(f"input has no column(s) {missing} that the model needs; it has {list(columns)[:30]}; "
                                 "rename or add them (see `mlkit serve`'s /metadata or the model's schema)")
+    extra = [str(c) for c in columns if c not in model.specs and c not in model.optional]
+    if extra and policy == "strict":
+        raise DataError(f"input has column(s) {extra[:30]} that the model does not use (--input-policy strict); drop them, "
+                        "or use the default policy, which ignores them")
+    return extra
 
-def split_bad_rows(chunk:pd.DataFrame, model:ServedModel) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(rows to score, with numbers coerced; rejected rows with an `error` column) for one chunk."
-    error = pd.Series(pd.NA, index=chunk.index, dtype="object")
-    out = chunk.copy()
+# %% ../nbs/13_score.ipynb #6b38ab34
+def _as_numbers(s:pd.Series) -> pd.Series:
+    "A column as float64: text parsed, anything that is not a finite number (too large, not a number) NaN."
+    if s.dtype.kind in "fiub": x = s.astype(float)
+    else:
+        try: x = pd.to_numeric(s, errors="coerce").astype(float)
+        except (OverflowError, TypeError):  # a Python int over 1.8e308 (CSV), or an odd object
+            x = s.map(lambda v: float(v) if isinstance(v, (int, float, str)) and _finite(v) else np.nan).astype(float)
+    return x.where(np.isfinite(x.fillna(0)), np.nan)
+
+def _finite(v) -> bool:
+    try: return bool(np.isfinite(float(v)))
+    except (ValueError, OverflowError): return False
+
+# %% ../nbs/13_score.ipynb #6b38ab36
+def _flag(error:pd.Series, s:pd.Series, mask:pd.Series, c:str, message) -> None:
+    "Record `message(value)` as the error of the rows in `mask` that have none yet."
+    mask = mask & error.isna()
+    if mask.any(): error[mask] = [f"column '{c}': {message(v)}" for v in s[mask]]
+
+# %% ../nbs/13_score.ipynb #6b38ab37
+def split_bad_rows(chunk:pd.DataFrame, model:ServedModel, *, policy:str="mlflow") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    "(rows to score, converted; rejected rows with an `error` column; {'coerced'|'imputed': [columns]}) for one chunk."
+    error, out, notes = pd.Series(pd.NA, index=chunk.index, dtype="object"), chunk.copy(), {"coerced": [], "imputed": []}
+    reject_unseen = model.unseen == "reject" or (model.fast is not None and not model.fast.unseen_ok)
     for c in model.inputs:
         s, spec = chunk[c], model.specs[c]
-        def flag(mask, msg):
-            mask = mask & error.isna()
-            if mask.any(): error[mask] = [f"column '{c}': {msg(v)}" for v in s[mask]]
         if _kind(spec) == "numeric":
-            x = pd.to_numeric(s, errors="coerce") if s.dtype == object or pd.api.types.is_string_dtype(s) else s.astype(float)
-            flag(s.notna() & (x.isna() | ~np.isfinite(x.astype(float).fillna(0))), lambda v: f"expected a finite number, got {v!r}")
-            out[c] = x.astype(float)
+            x = _as_numbers(s)
+            _flag(error, s, s.notna() & x.isna(), c, lambda v: f"expected a finite number, got {_show(v)}")
+            if s.dtype.kind not in "fiu" and (s.notna() & x.notna()).any(): notes["coerced"].append(c)
+            out[c] = x
         elif _kind(spec) == "categorical" and _str_categories(spec): out[c] = s.astype("str")  # missing → NaN, as in training
-        if not spec.get("nullable", True): flag(s.isna(), lambda v: "null is not allowed (the training data had no missing values here)")
-        if _kind(spec) == "categorical" and model.unseen == "reject" and spec.get("categories") and spec.get("categories_complete", True):
-            flag(s.notna() & ~s.isin(spec["categories"]), lambda v: f"unseen category {v!r}")
+        if not spec.get("nullable", True) and s.isna().any():
+            if policy == "strict": _flag(error, s, s.isna(), c, lambda v: "null is not allowed (the training data had no missing values here)")
+            else: notes["imputed"].append(c)
+        cats = spec.get("categories")
+        if _kind(spec) == "categorical" and reject_unseen and cats and spec.get("categories_complete", True):
+            _flag(error, s, s.notna() & ~s.isin(cats), c, lambda v: f"unseen category {_show(v)}")
     bad = error.notna()
-    return out[~bad], chunk[bad].assign(error=error[bad])
+    return out[~bad], chunk[bad].assign(error=error[bad]), {k: v for k, v in notes.items() if v}
 
 # %% ../nbs/13_score.ipynb #52231da7
-def score_chunk(chunk:pd.DataFrame, model:ServedModel, *, start:int=0, keep=()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(scored rows, rejected rows) for one chunk whose first row is input row `start`."
+def score_chunk(chunk:pd.DataFrame, model:ServedModel, *, start:int=0, keep=(), policy:str="mlflow") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    "(scored rows, rejected rows, what the policy changed) for one chunk whose first row is input row `start`."
     chunk = chunk.reset_index(drop=True)
     chunk.index = pd.RangeIndex(start, start + len(chunk), name="row")
-    good, bad = split_bad_rows(chunk, model)
+    good, bad, notes = split_bad_rows(chunk, model, policy=policy)
     out = pd.DataFrame({k: good[k] for k in keep if k in good}, index=good.index)
     if len(good):
         frame = good[model.inputs]
@@ -56,7 +94,7 @@ def score_chunk(chunk:pd.DataFrame, model:ServedModel, *, start:int=0, keep=()) 
             for j, k in enumerate(model.classes): out[f"proba_{k}"] = p[:, j]
         else: out["prediction"] = model.pipeline.predict(frame)
     out["model_name"], out["model_version"] = model.name or "", model.version or ""
-    return out.reset_index(), bad.reset_index()
+    return out.reset_index(), bad.reset_index(), notes
 
 # %% ../nbs/13_score.ipynb #9516ae5c
 def _unreadable(path, e) -> DataError:
@@ -64,6 +102,7 @@ def _unreadable(path, e) -> DataError:
     return DataError(f"cannot read input {path} ({type(e).__name__}: {why}); expected a UTF-8 CSV file with a header row, "
                      "a Parquet file or a folder of Parquet files")
 
+# %% ../nbs/13_score.ipynb #9516ae5d
 _READ_ERRORS = (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError)
 
 def _read_errors() -> tuple:
@@ -71,72 +110,87 @@ def _read_errors() -> tuple:
     try: import pyarrow as pa; return (*_READ_ERRORS, pa.ArrowException)
     except ImportError: return _READ_ERRORS
 
+# %% ../nbs/13_score.ipynb #9516ae5e
+def _is_parquet(path:Path) -> bool: return path.is_dir() or path.suffix in (".parquet", ".pq")
+
+# %% ../nbs/13_score.ipynb #9516ae5f
+def _parquet_chunks(path:Path, chunksize:int):
+    "DataFrames of exactly `chunksize` rows (the last one shorter) from a Parquet file or folder, one record batch at a time."
+    import pyarrow as pa, pyarrow.dataset as ds
+    buf, n = [], 0
+    for b in ds.dataset(path, format="parquet").to_batches(batch_size=chunksize):  # batches stop at row-group ends: re-chunk
+        buf.append(b); n += b.num_rows
+        while n >= chunksize:
+            t = pa.Table.from_batches(buf)
+            yield t.slice(0, chunksize).to_pandas()
+            rest = t.slice(chunksize); buf, n = rest.to_batches(), rest.num_rows
+    if n: yield pa.Table.from_batches(buf).to_pandas()
+
+# %% ../nbs/13_score.ipynb #9516ae60
 def iter_chunks(path:str|Path, chunksize:int, *, str_columns=()):
     "Yield DataFrames of at most `chunksize` rows from a CSV file, a Parquet file or a folder of Parquet files; DataError when unreadable."
     path = Path(path)
     if not path.exists(): raise DataError(f"input {path} does not exist")
-    try: yield from _iter_chunks(path, chunksize, str_columns)
+    try:
+        if _is_parquet(path): yield from _parquet_chunks(path, chunksize)
+        elif path.suffix in (".csv", ".txt") or path.name.endswith(".csv.gz"):
+            yield from pd.read_csv(path, chunksize=chunksize, dtype={c: "str" for c in str_columns})
+        else: raise DataError(f"cannot read {path}: expected .csv, .parquet or a folder of Parquet files")
     except _read_errors() as e: raise _unreadable(path, e) from None
 
-def _iter_chunks(path:Path, chunksize:int, str_columns):
-    if path.is_dir() or path.suffix in (".parquet", ".pq"):
-        import pyarrow as pa, pyarrow.dataset as ds
-        buf, n = [], 0
-        for b in ds.dataset(path, format="parquet").to_batches(batch_size=chunksize):  # batches stop at row-group ends: re-chunk
-            buf.append(b); n += b.num_rows
-            while n >= chunksize:
-                t = pa.Table.from_batches(buf)
-                yield t.slice(0, chunksize).to_pandas()
-                rest = t.slice(chunksize); buf, n = rest.to_batches(), rest.num_rows
-        if n: yield pa.Table.from_batches(buf).to_pandas()
-    elif path.suffix in (".csv", ".txt") or path.name.endswith(".csv.gz"):
-        yield from pd.read_csv(path, chunksize=chunksize, dtype={c: "str" for c in str_columns})
-    else: raise DataError(f"cannot read {path}: expected .csv, .parquet or a folder of Parquet files")
-
+# %% ../nbs/13_score.ipynb #9516ae61
 def count_rows(path:str|Path) -> int|None:
     "Rows in a Parquet file or folder (from metadata), None for CSV; DataError when the Parquet metadata cannot be read."
     path = Path(path)
-    if path.is_dir() or path.suffix in (".parquet", ".pq"):
-        import pyarrow.dataset as ds
-        try: return ds.dataset(path, format="parquet").count_rows()
-        except _read_errors() as e: raise _unreadable(path, e) from None
-    return None
+    if not _is_parquet(path): return None
+    import pyarrow.dataset as ds
+    try: return ds.dataset(path, format="parquet").count_rows()
+    except _read_errors() as e: raise _unreadable(path, e) from None
 
 # %% ../nbs/13_score.ipynb #b0cbac51
-def _temp_next_to(path:Path) -> Path:
-    "A new empty file in `path`'s folder (so that `os.replace` onto `path` is atomic), named after it."
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+def _new_temp(path:Path, *, folder:bool=False) -> Path:
+    "A new empty file (or folder) named after `path` in its folder, created with the umask's mode; DataError when it cannot be."
+    up = next((p for p in path.parents if p.exists()), None)
+    if up is not None and not up.is_dir(): raise DataError(f"cannot write --output {path}: {up} is a file, not a folder")
+    try: path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise _unwritable(path, e) from None
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            if folder: os.mkdir(tmp, 0o777)
+            else: os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError: continue
+        except OSError as e: raise _unwritable(path, e) from None
+    raise DataError(f"cannot create a temporary file next to {path}")
 
+def _unwritable(path:Path, e:OSError) -> DataError:
+    return DataError(f"cannot write --output {path} ({e.strerror or type(e).__name__}); name a file in a folder you can write")
+
+# %% ../nbs/13_score.ipynb #b0cbac53
 class ChunkWriter:
     "Appends DataFrames to a temporary file next to one .parquet or .csv `path`; `commit` moves it into place, `abort` removes it."
     def __init__(self, path:str|Path):
         self.path, self.writer, self.schema, self.rows = Path(path), None, None, 0
         if self.path.suffix not in (".parquet", ".csv"): raise DataError(f"output {self.path} must end in .parquet or .csv")
         if self.path.is_dir(): raise DataError(f"output {self.path} is a folder; name a .parquet or .csv file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _temp_next_to(self.path)  # a pre-existing output stays untouched until `commit`
+        self.tmp = _new_temp(self.path)  # a pre-existing output stays untouched until `commit`
 
     def write(self, df:pd.DataFrame):
         if self.path.suffix == ".csv": df.to_csv(self.tmp, mode="a", header=self.rows == 0, index=False)
         else:
             import pyarrow as pa, pyarrow.parquet as pq
-            if self.writer is None:
-                table = pa.Table.from_pandas(df, preserve_index=False)
-                self.schema, self.writer = table.schema, pq.ParquetWriter(self.tmp, table.schema)
-            else: table = pa.Table.from_pandas(df, schema=self.schema, preserve_index=False)
+            table = pa.Table.from_pandas(df, schema=self.schema, preserve_index=False)
+            if self.writer is None: self.schema, self.writer = table.schema, pq.ParquetWriter(self.tmp, table.schema)
             self.writer.write_table(table)
         self.rows += len(df)
 
     def close(self):
         if self.writer is not None: self.writer.close(); self.writer = None
 
-    def commit(self):
-        self.close(); os.replace(self.tmp, self.path)
+    def commit(self): self.close(); os.replace(self.tmp, self.path)
 
-    def abort(self):
-        self.close(); self.tmp.unlink(missing_ok=True)
+    def abort(self): self.close(); self.tmp.unlink(missing_ok=True)
 
 # %% ../nbs/13_score.ipynb #2f2fc7c5
 def _outputs(output) -> tuple[Path, Path]:
@@ -149,15 +203,18 @@ def _same(a:Path, b:Path) -> bool:
         except OSError: pass
     return a.resolve() == b.resolve()
 
+# %% ../nbs/13_score.ipynb #2f2fc7c6
 def check_paths(input, output) -> tuple[Path, Path]:
-    "(output, rejected-rows file) for `output`; DataError, before anything is read or written, when either would overwrite `input`."
+    "(output, rejected-rows file); DataError, before anything is read, when either would overwrite `input` or cannot be written."
     input, (output, side) = Path(input), _outputs(output)
     for what, p in (("--output", output), (f"the rejected-rows file of --output ({side.name})", side)):
         if _same(input, p) or (input.resolve().is_relative_to(p.resolve()) and p.is_dir()):
             raise DataError(f"{what} {p} is the same file as --input {input}; scoring would overwrite the input. "
                             "Write to a new path, e.g. --output scored.parquet")
+    _new_temp(output).unlink()  # the folder can be written (created if missing)
     return output, side
 
+# %% ../nbs/13_score.ipynb #2f2fc7c7
 def model_label(model:ServedModel) -> str:
     "'credit v7' for a registered version, else the URI the model was loaded from."
     return f"{model.name} v{model.version}" if model.name and model.version else (model.uri or model.name or "the model")
@@ -165,116 +222,137 @@ def model_label(model:ServedModel) -> str:
 def _keep(model:ServedModel, keep) -> list[str]:
     return list(keep) if keep is not None else [c for c in (model.schema.get("id_column"),) if c]
 
-def score_file(model:ServedModel, input:str|Path, output:str|Path, *, chunksize:int=100_000, keep=None, progress:bool=True) -> dict:
+# %% ../nbs/13_score.ipynb #2f2fc7c8
+def _nothing_scored(input, output:Path, rows:int, reasons:pd.Series) -> DataError:
+    "The error of a run that scored no row: why the rows were rejected (most common reasons first), and that `output` is untouched."
+    if rows == 0: return DataError(f"input {input} has no rows; {output} was left as it was")
+    top = "; ".join(f"{n}× {why}" for why, n in reasons.value_counts().head(3).items())
+    return DataError(f"no row of {input} could be scored: all {rows} rows were rejected ({top}); {output} was left as it was. "
+                     "Fix the input, or see --input-policy/--unseen")
+
+# %% ../nbs/13_score.ipynb #2f2fc7c9
+def _summary(model:ServedModel, rows:int, scored:int, rejected:int, seconds:float, output, side, notes:dict, policy:str) -> dict:
+    "What `mlkit score` prints: counts, speed, files, the model, and what the input policy changed."
+    return {"rows": rows, "scored": scored, "rejected": rejected, "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9)),
+            "output": str(output), "rejected_file": str(side), "model_name": model.name, "model_version": model.version,
+            "model_uri": model.uri, "input_policy": policy, **{k: sorted(v) for k, v in notes.items() if v}}
+
+# %% ../nbs/13_score.ipynb #2f2fc7ca
+def _merge_notes(notes:dict, new:dict) -> None:
+    for k, v in new.items(): notes.setdefault(k, set()).update(v)
+
+# %% ../nbs/13_score.ipynb #2f2fc7cb
+def score_file(model:ServedModel, input:str|Path, output:str|Path, *, chunksize:int=100_000, keep=None, progress:bool=True,
+               policy:str="mlflow") -> dict:
     "Score `input` into `output` chunk by chunk; rejected rows go to `<output>.rejected.csv`. Returns a summary."
     from tqdm.auto import tqdm
     if chunksize < 1: raise DataError(f"--chunksize must be at least 1, got {chunksize}")
+    if policy not in POLICIES: raise DataError(f"--input-policy must be one of {list(POLICIES)}, got {policy!r}")
     output, side = check_paths(input, output)
     keep, strs = _keep(model, keep), [c for c, s in model.specs.items() if _kind(s) == "categorical" and _str_categories(s)]
-    total = count_rows(input) if Path(input).exists() else None
-    writer, t0, start, n_bad = ChunkWriter(output), time.perf_counter(), 0, 0
-    side_tmp, ok = _temp_next_to(side), False
+    total, t0, start, n_bad, notes, header = count_rows(input) if Path(input).exists() else None, time.perf_counter(), 0, 0, {}, None
+    writer, side_tmp = ChunkWriter(output), _new_temp(side)
     bar = tqdm(total=total, unit="rows", file=sys.stderr, disable=not progress, desc=f"scoring with {model_label(model)}")
     try:
         for i, chunk in enumerate(iter_chunks(input, chunksize, str_columns=strs)):
-            if i == 0: check_header(chunk.columns, model)
-            scored, bad = score_chunk(chunk, model, start=start, keep=keep)
+            if i == 0: _merge_notes(notes, {"ignored": check_header(chunk.columns, model, policy=policy)})
+            scored, bad, new = score_chunk(chunk, model, start=start, keep=keep, policy=policy)
+            _merge_notes(notes, new); header = list(bad.columns)
             if len(scored): writer.write(scored)
             if len(bad): bad.to_csv(side_tmp, mode="a", header=n_bad == 0, index=False); n_bad += len(bad)
             start += len(chunk); bar.update(len(chunk))
-        if start == 0: raise DataError(f"input {input} has no rows")
-        if writer.rows: writer.commit()
-        else: writer.abort(); output.unlink(missing_ok=True)  # nothing scored: no output, and no stale one from an earlier run
-        if n_bad: os.replace(side_tmp, side)
-        else: side.unlink(missing_ok=True)  # a stale rejected-rows file from an earlier run of this output
-        ok = True
+        if not writer.rows: raise _nothing_scored(input, output, start, pd.read_csv(side_tmp)["error"] if n_bad else pd.Series([], dtype=str))
+        if not n_bad: pd.DataFrame(columns=header).to_csv(side_tmp, index=False)  # this run rejected nothing: say so, in place of old rejects
+        writer.commit(); os.replace(side_tmp, side)
     finally:
-        bar.close()
-        if not ok: writer.abort()
-        side_tmp.unlink(missing_ok=True)
-    secs = time.perf_counter() - t0
-    return {"rows": start, "scored": writer.rows, "rejected": n_bad, "seconds": round(secs, 3), "rows_per_s": round(start / secs),
-            "output": str(output), "rejected_file": str(side) if n_bad else None, "model_name": model.name, "model_version": model.version, "model_uri": model.uri}
+        bar.close(); writer.abort(); side_tmp.unlink(missing_ok=True)
+    return _summary(model, start, writer.rows, n_bad, time.perf_counter() - t0, output, side, notes, policy)
 
 # %% ../nbs/13_score.ipynb #0c6cecf5
-def _score_partition(part, model, offsets, partition_info=None, keep=()):
+def _score_partition(part, model, offsets, partition_info=None, keep=(), policy="mlflow"):
+    "Scored and rejected rows of one Dask partition in one frame (rejected ones have an `error`)."
     i = (partition_info or {}).get("number", 0)
-    scored, bad = score_chunk(part, model, start=offsets[i], keep=keep)
+    scored, bad, _ = score_chunk(part, model, start=offsets[i], keep=keep, policy=policy)
     bad = bad.astype({c: "str" for c in bad.columns if c not in ("row", "error")})
     return pd.concat([scored, bad], ignore_index=True)
 
-def _merge_parts(parts:Path, side:Path) -> int:
-    "Concatenate the per-partition rejected-row files (in partition order) into `side`; returns the number of rows."
+# %% ../nbs/13_score.ipynb #0c6cecf6
+def _merge_parts(parts:Path, side:Path, header:list) -> int:
+    "Concatenate the per-partition rejected-row files (in partition order) into `side` (header only when none); returns the row count."
     import shutil
     side.unlink(missing_ok=True)
     n = 0
     for f in sorted(parts.glob("part-*.csv"), key=lambda f: int(f.stem.split("-")[-1])):
         d = pd.read_csv(f, dtype=str)
         if len(d): d.to_csv(side, mode="a", header=n == 0, index=False); n += len(d)
+    if not n: pd.DataFrame(columns=header).to_csv(side, index=False)
     shutil.rmtree(parts, ignore_errors=True)
     return n
 
-def score_dask(model:ServedModel, input:str|Path, output:str|Path, *, chunksize:int=100_000, scheduler:str|None=None,
-               keep=None, n_workers:int=2) -> dict:
-    "Score `input` on a Dask cluster (`scheduler` address, or a LocalCluster) into `output`; rejected rows to `<output>.rejected.csv`."
-    import dask, dask.dataframe as dd
-    from distributed import Client, LocalCluster
-    input, (output, side), keep, t0 = Path(input), check_paths(input, output), _keep(model, keep), time.perf_counter()
-    if not input.exists(): raise DataError(f"input {input} does not exist")
+# %% ../nbs/13_score.ipynb #0c6cecf7
+def _dask_frame(input:Path, model:ServedModel, chunksize:int):
+    "The input as a Dask DataFrame: Parquet by row group, CSV with the model's inputs as text."
+    import dask.dataframe as dd
+    try:
+        if _is_parquet(input): return dd.read_parquet(input, split_row_groups=True)
+        return dd.read_csv(input, dtype={c: "object" for c in model.inputs}, blocksize=max(chunksize * 100, 1 << 20))
+    except _read_errors() as e: raise _unreadable(input, e) from None
+
+# %% ../nbs/13_score.ipynb #0c6cecf8
+def _dask_score(ddf, model:ServedModel, folder:Path, out_name:str, side_name:str, *, keep, policy:str) -> tuple[int, int]:
+    "Score `ddf` into `folder` (the output and the rejected-rows file under their final names); returns (rows, rejected)."
+    import dask
+    lens = ddf.map_partitions(len).compute().tolist()
+    offsets = np.concatenate([[0], np.cumsum(lens)]).tolist()
+    sample = score_chunk(ddf.head(5, npartitions=-1), model, keep=keep, policy=policy)[0].head(0)
+    meta = pd.concat([sample, pd.DataFrame({c: pd.Series(dtype="str") for c in [*ddf.columns, "error"] if c not in sample})], axis=1)
+    both = ddf.map_partitions(_score_partition, dask.delayed(model), offsets, keep=keep, policy=policy, meta=meta, align_dataframes=False)
+    good = both[both["error"].isna()][list(sample.columns)]
+    header = ["row", "error", *[c for c in ddf.columns if c not in ("row", "error")]]
+    out = folder / out_name
+    w_good = (good.to_parquet(out, compute=False, write_index=False) if out_name.endswith(".parquet")
+              else good.to_csv(out, single_file=True, index=False, compute=False))
+    dask.compute(w_good, both[~both["error"].isna()][header].to_csv(str(folder / "rejected.parts" / "part-*.csv"), index=False, compute=False))
+    return int(offsets[-1]), _merge_parts(folder / "rejected.parts", folder / side_name, header)
+
+# %% ../nbs/13_score.ipynb #0c6cecf9
+def _check_dask_output(output:Path) -> None:
     if output.suffix not in (".parquet", ".csv"): raise DataError(f"output {output} must end in .parquet or .csv")
     if output.is_dir() and any(f.suffix != ".parquet" for f in output.rglob("*") if f.is_file()):
         raise DataError(f"output folder {output} holds files other than Parquet parts; pick a new --output (mlkit only replaces its own output)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))  # replaces `output` only on success
-    tmp_out = tmp / output.name
-    ok = False
+
+# %% ../nbs/13_score.ipynb #0c6cecfa
+def score_dask(model:ServedModel, input:str|Path, output:str|Path, *, chunksize:int=100_000, scheduler:str|None=None,
+               keep=None, n_workers:int=2, policy:str="mlflow") -> dict:
+    "Score `input` on a Dask cluster (`scheduler` address, or a LocalCluster) into `output`; rejected rows to `<output>.rejected.csv`."
+    import shutil
+    from distributed import Client, LocalCluster
+    input, (output, side), keep, t0 = Path(input), check_paths(input, output), _keep(model, keep), time.perf_counter()
+    if not input.exists(): raise DataError(f"input {input} does not exist")
+    _check_dask_output(output)
+    tmp = _new_temp(output, folder=True)  # replaces `output` only on success
     client = Client(scheduler) if scheduler else Client(LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=None))
     try:
-        ddf = (dd.read_parquet(input, split_row_groups=True) if input.is_dir() or input.suffix in (".parquet", ".pq")
-               else dd.read_csv(input, dtype={c: "object" for c in model.inputs}, blocksize=max(chunksize * 100, 1 << 20)))
-        check_header(ddf.columns, model)
-        lens = ddf.map_partitions(len).compute().tolist()
-        offsets = np.concatenate([[0], np.cumsum(lens)]).tolist()
-        sample = score_chunk(ddf.head(5, npartitions=-1), model, keep=keep)[0].head(0)
-        meta = pd.concat([sample, pd.DataFrame({c: pd.Series(dtype="str") for c in [*ddf.columns, "error"] if c not in sample})], axis=1)
-        both = ddf.map_partitions(_score_partition, dask.delayed(model), offsets, keep=keep, meta=meta, align_dataframes=False)
-        cols = list(sample.columns)
-        good = both[both["error"].isna()][cols]
-        bad = both[~both["error"].isna()][["row", "error", *[c for c in ddf.columns if c not in ("row", "error")]]]
-        w_good = good.to_parquet(tmp_out, compute=False, write_index=False) if output.suffix == ".parquet" else good.to_csv(tmp_out, single_file=True, index=False, compute=False)
-        parts = tmp / "rejected.parts"
-        w_bad = bad.to_csv(str(parts / "part-*.csv"), index=False, compute=False)
-        dask.compute(w_good, w_bad)
-        rows_bad = _merge_parts(parts, tmp / side.name)
-        import shutil
+        ddf = _dask_frame(input, model, chunksize)
+        ignored = check_header(ddf.columns, model, policy=policy)
+        try: rows, n_bad = _dask_score(ddf, model, tmp, output.name, side.name, keep=keep, policy=policy)
+        except _read_errors() as e: raise _unreadable(input, e) from None
+        if rows == n_bad: raise _nothing_scored(input, output, rows, pd.read_csv(tmp / side.name)["error"])
         if output.is_dir(): shutil.rmtree(output)  # a previous Parquet output (checked above), replaced only now that scoring succeeded
-        os.replace(tmp_out, output)
-        if rows_bad: os.replace(tmp / side.name, side)
-        else: side.unlink(missing_ok=True)
-        ok = True
-    except _read_errors() as e:
-        if ok: raise
-        raise _unreadable(input, e) from None
+        os.replace(tmp / output.name, output); os.replace(tmp / side.name, side)
     finally:
-        import shutil; shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         cluster = client.cluster
         client.close()
         if cluster is not None and not scheduler: cluster.close()
-    secs, rows = time.perf_counter() - t0, int(offsets[-1])
-    return {"rows": rows, "scored": rows - int(rows_bad), "rejected": int(rows_bad), "seconds": round(secs, 3), "rows_per_s": round(rows / secs),
-            "output": str(output), "rejected_file": str(side) if rows_bad else None, "model_name": model.name, "model_version": model.version, "model_uri": model.uri}
+    return _summary(model, rows, rows - n_bad, n_bad, time.perf_counter() - t0, output, side, {"ignored": ignored}, policy)
 
 # %% ../nbs/13_score.ipynb #d31726c9
-def cli_score(args) -> int:
-    "`mlkit score`: batch-score a file with a registered model."
-    import json
-    check_paths(args.input, args.output)  # before the (slow) model load
-    if not Path(args.input).exists(): raise DataError(f"input {args.input} does not exist")
-    model = load_served_model(args.model, unseen=getattr(args, "unseen", None) or "pipeline")
-    engine = getattr(args, "engine", "local") or "local"
-    if engine == "dask": summary = score_dask(model, args.input, args.output, chunksize=args.chunksize, scheduler=getattr(args, "scheduler", None))
-    elif engine == "local": summary = score_file(model, args.input, args.output, chunksize=args.chunksize)
-    else: raise ServeError(f"--engine must be 'local' or 'dask', got {engine!r}")
-    print(json.dumps(summary))
-    if summary["rejected"]: print(f"{summary['rejected']} row(s) could not be scored; see {summary['rejected_file']}", file=sys.stderr)
-    return 0
+def score(**options) -> dict:
+    "Score `options['input']` into `options['output']` (options: the `ScoreParams` fields); the summary of what was written."
+    p = score_params(**options)
+    check_paths(p.input, p.output)
+    if not Path(p.input).exists(): raise DataError(f"input {p.input} does not exist")
+    model = load_served_model(p.model, unseen=p.unseen, overlap=True)
+    if p.engine == "dask": return score_dask(model, p.input, p.output, chunksize=p.chunksize, scheduler=p.scheduler, policy=p.input_policy)
+    return score_file(model, p.input, p.output, chunksize=p.chunksize, policy=p.input_policy)

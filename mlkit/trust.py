@@ -22,6 +22,7 @@ REVIEWED_CLASSES = (
     "sklearn.metrics._dist_metrics.EuclideanDistance64", "sklearn.metrics._dist_metrics.ManhattanDistance64",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",       # MLPClassifier, MLPRegressor
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "collections.OrderedDict",                                           # a plain mapping (LightGBM's boosters keep their params in one)
 )
 ALLOWED_FUNCTIONS = ("mlkit.features.categories_as_text",)  # the first step of mlkit's categorical pipeline
 LIBRARIES = ("sklearn", "numpy", "scipy")
