@@ -37,20 +37,20 @@ COMMANDS = {
         (("--experiment",), dict(help="MLflow experiment")),
         (("--n-trials",), dict(type=int, dest="n_trials", help="override the trial budget")),
         (("--timeout",), dict(type=float, help="stop starting trials after this many seconds"))]),
-    "runs": ("mlkit.gate:cli_runs", "compare runs: status, pipeline, metrics, the params that differ, data fingerprint, commit", [
+    "runs": ("mlkit.runs:cli_runs", "compare runs: status, pipeline, metrics, the params that differ, data fingerprint, commit", [
         (("--experiment",), dict(default=None, help="experiment name (default: all mlkit experiments)")),
         (("--sort",), dict(metavar="METRIC", help="sort by this metric (best first)")),
         (("--limit",), dict(type=int, default=20, help="at most this many runs (default: 20)")),
         (("--plot",), dict(metavar="FILE.png", help="also write a comparison plot"))]),
-    "promote": ("mlkit.gate:cli_promote", "gate a challenger against the champion and move `champion` if it passes", [
+    "promote": ("mlkit.promote:cli_promote", "gate a challenger against the champion and move `champion` if it passes", [
         (("model",), dict(help="registered model name")),
         (("--version",), dict(help="challenger version (default: the newest)")), (("--run",), dict(help="challenger run id (its model is registered)")),
         _PARAMS("params/promote.yaml"), _SET,
         (("--force",), dict(action="store_true", help="promote even if the gate fails (needs --reason; recorded as an override)")),
         (("--reason",), dict(help="why (required with --force)"))]),
-    "rollback": ("mlkit.gate:cli_rollback", "restore the previous champion", [
+    "rollback": ("mlkit.promote:cli_rollback", "restore the previous champion", [
         (("model",), dict(help="registered model name")), (("--reason",), dict(help="why (recorded in the history)"))]),
-    "history": ("mlkit.gate:cli_history", "show every alias move of a registered model", [(("model",), dict(help="registered model name"))]),
+    "history": ("mlkit.promote:cli_history", "show every alias move of a registered model", [(("model",), dict(help="registered model name"))]),
     "serve": ("mlkit.serve:cli_serve", "serve a model over HTTP (MLflow-compatible /invocations, /predict, /metrics, ...)", [
         (("--model",), dict(default="models:/credit@champion", help="model URI (default: models:/credit@champion)")),
         (("--host",), dict(default="127.0.0.1", help="bind address (default: 127.0.0.1)")),

@@ -4,89 +4,110 @@
 
 # %% ../nbs/10_gate.ipynb #09f102aa
 from __future__ import annotations
-import json, math, sys
+import json, math, os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 import numpy as np, pandas as pd
 from pydantic import Field
 from .core import ConfigError, GateError, RegistryError, did_you_mean
 from .config import PipelineParams, Section, load_params
 from .data import default_target, fingerprint_frame, load_data, split_data
-from .evaluate import TASK_METRICS, check_metric, compute_metrics, default_metric, metric_direction
+from .evaluate import check_metric, compute_metrics, default_metric, metric_direction
 from . import registry as reg
 
 # %% auto #0
 __all__ = ['FAIRNESS_METRICS', 'EvalDataParams', 'FairnessParams', 'PromoteParams', 'CompareParams', 'eval_recipe',
            'build_eval_data', 'Candidate', 'required_inputs', 'load_candidate', 'schema_problems', 'fairness_slices',
-           'GateVerdict', 'check_primary', 'check_guard', 'check_threshold', 'evaluate_gate', 'pick_challenger',
-           'Promotion', 'promote_version', 'runs_frame', 'plot_runs', 'format_verdict', 'cli_promote', 'cli_rollback',
-           'cli_history', 'cli_runs']
+           'GateVerdict', 'check_primary', 'check_guard', 'check_threshold', 'evaluate_gate', 'format_verdict']
 
 # %% ../nbs/10_gate.ipynb #d9da98cd
 class EvalDataParams(Section):
-    source: str|None = Field(None, description="evaluation data: a file, 'sklearn:<name>' or 'mlkit:credit'; null = the challenger run's data.source")
+    source: str|None = Field(None, description="evaluation data: a file, 'sklearn:<name>' or 'mlkit:credit'; "
+                                                "null = the challenger run's data.source")
     target: str|None = Field(None, description="target column; null = the challenger run's target")
     n_rows: int|None = Field(None, gt=0, description="rows to load or generate; null = as the challenger run")
-    seed: int|None = Field(None, description="seed of the generator and of the holdout split; null = the challenger run's seed (its exact holdout)")
+    seed: int|None = Field(None, description="seed of the generator and of the holdout split; null = the challenger run's seed "
+                                             "(its exact holdout)")
     test_size: float|None = Field(None, gt=0, lt=1, description="holdout fraction; null = the challenger run's data.test_size")
     holdout: bool = Field(True, description="evaluate on the holdout split only (false: every row, for a file kept out of training)")
-    fingerprint: str|None = Field(None, description="expected fingerprint of the evaluation rows; the gate stops if the rebuilt data differs (freezes it)")
+    fingerprint: str|None = Field(None, description="expected fingerprint of the evaluation rows; the gate stops if the rebuilt "
+                                                    "data differs (freezes it)")
 
+# %% ../nbs/10_gate.ipynb #e1f0a001
 class FairnessParams(Section):
-    sensitive: list[str]|None = Field(None, description="sensitive attributes to slice by; null = the challenger run's data.sensitive; [] = no fairness check")
-    max_gap: dict[str, dict[str, float]] = Field({}, description="attribute → metric → largest allowed difference between its groups, e.g. {sex: {selection_rate: 0.05}}; "
-                                                  "attributes not named here are reported only. Metrics: accuracy, selection_rate, true_positive_rate, "
-                                                  "false_positive_rate, precision, recall, f1 (classification); mae, rmse, mean_prediction (regression)")
+    sensitive: list[str]|None = Field(None, description="sensitive attributes to slice by; null = the challenger run's "
+                                                        "data.sensitive; [] = no fairness check")
+    max_gap: dict[str, dict[str, float]] = Field({}, description="attribute → metric → largest allowed difference between its "
+        "groups, e.g. {sex: {selection_rate: 0.05}}; attributes not named here are reported only. Metrics: accuracy, "
+        "selection_rate, true_positive_rate, false_positive_rate, precision, recall, f1 (classification); mae, rmse, "
+        "mean_prediction (regression)")
     min_group_size: int = Field(20, ge=1, description="groups with fewer evaluation rows are shown but not held to max_gap")
 
 # %% ../nbs/10_gate.ipynb #83c6d69e
 class PromoteParams(Section):
-    eval_data: EvalDataParams = Field(default_factory=EvalDataParams, description="the frozen evaluation data both models are re-scored on")
-    primary_metric: str|None = Field(None, description="the metric the challenger must improve; null = the task default (roc_auc, f1_macro, rmse)")
-    min_delta: float = Field(0.0, ge=0, description="required improvement of the primary metric over the champion (in the metric's better direction); 0 = at least equal")
-    guards: dict[str, float] = Field({}, description="metric → largest tolerated regression versus the champion, e.g. {log_loss: 0.01}")
-    thresholds: dict[str, float] = Field({}, description="metric → absolute floor (or ceiling for lower-is-better metrics) a first champion must meet, e.g. {roc_auc: 0.7}")
-    schema_check: Literal["strict", "subset", "off"] = Field("strict", description="strict: same required input columns and kinds as the champion; subset: the challenger may need fewer columns; off: no check")
+    eval_data: EvalDataParams = Field(default_factory=EvalDataParams, description="the frozen evaluation data both models are "
+                                                                                  "re-scored on")
+    primary_metric: str|None = Field(None, description="the metric the challenger must improve; null = the task default "
+                                                       "(roc_auc, f1_macro, rmse)")
+    min_delta: float = Field(0.0, ge=0, description="required improvement of the primary metric over the champion (in the "
+                                                    "metric's better direction); 0 = at least equal")
+    guards: dict[str, float] = Field({}, description="metric → largest tolerated regression versus the champion, e.g. "
+                                                     "{log_loss: 0.01}")
+    thresholds: dict[str, float] = Field({}, description="metric → absolute floor (or ceiling for lower-is-better metrics) a "
+                                                         "first champion must meet, e.g. {roc_auc: 0.7}")
+    schema_check: Literal["strict", "subset", "off"] = Field("strict", description="strict: same required input columns and "
+        "kinds as the champion; subset: the challenger may need fewer columns; off: no check")
     fairness: FairnessParams = Field(default_factory=FairnessParams, description="group-fairness limits (fairlearn MetricFrame)")
 
+# %% ../nbs/10_gate.ipynb #e1f0a002
 class CompareParams(PipelineParams):
-    runs_experiment: str|None = Field(None, description="experiment whose runs are compared; null = every experiment (`experiment` is where this comparison itself is logged)")
-    model_name: str|None = Field(None, description="registered model to show (aliases, history) and to gate dry-run: newest version vs champion; null = runs only")
-    sort: str|None = Field(None, description="metric to sort runs by, best first (e.g. roc_auc or test_roc_auc); null = newest first")
+    runs_experiment: str|None = Field(None, description="experiment whose runs are compared; null = every experiment "
+                                                        "(`experiment` is where this comparison itself is logged)")
+    model_name: str|None = Field(None, description="registered model to show (aliases, history) and to gate dry-run: newest "
+                                                   "version vs champion; null = runs only")
+    sort: str|None = Field(None, description="metric to sort runs by, best first (e.g. roc_auc or test_roc_auc); "
+                                             "null = newest first")
     limit: int = Field(20, ge=1, description="at most this many runs")
     gate: PromoteParams = Field(default_factory=PromoteParams, description="the promotion gate used for the dry run")
 
 # %% ../nbs/10_gate.ipynb #a57fbfec
 def _param(run, key, default=None):
+    "The run's logged parameter `key`, with None/'None'/'null'/'' read as `default`."
     v = run.data.params.get(key)
     return default if v in (None, "None", "null", "") else v
 
+# %% ../nbs/10_gate.ipynb #e1f0a003
 def eval_recipe(params:PromoteParams, run) -> dict:
     "The evaluation-data recipe: gate parameters first, the challenger `run`'s training recipe for what they leave open."
     e = params.eval_data
     source = e.source or _param(run, "data.source")
-    if source is None: raise GateError(f"run {run.info.run_id} logged no data.source, so the gate cannot rebuild its evaluation data; set eval_data.source in the gate params")
-    n = e.n_rows or _param(run, "data.n_rows")
+    if source is None: raise GateError(f"run {run.info.run_id} logged no data.source, so the gate cannot rebuild its evaluation "
+                                       "data; set eval_data.source in the gate params")
+    n, run_n = e.n_rows or _param(run, "data.n_rows"), _param(run, "data.n_rows")
     r = {"source": source, "n_rows": int(n) if n else None, "seed": e.seed if e.seed is not None else int(_param(run, "seed", 0)),
          "test_size": e.test_size or float(_param(run, "data.test_size", 0.2)), "holdout": e.holdout,
          "target": e.target or _param(run, "data.target") or run.data.tags.get("mlkit.target") or default_target(source),
-         "drop_columns": json.loads(_param(run, "data.drop_columns", "[]")), "time_column": _param(run, "data.time_column")}
+         "drop_columns": json.loads(_param(run, "data.drop_columns", "[]")), "time_column": _param(run, "data.time_column"),
+         "param": "eval_data.source" if e.source else f"the data.source of run {run.info.run_id} (or set eval_data.source)"}
     if r["target"] is None: raise GateError(f"cannot tell the target column of '{source}'; set eval_data.target in the gate params")
-    r["same_as_run"] = (source, r["n_rows"], r["seed"]) == (_param(run, "data.source"), int(n) if (n := _param(run, "data.n_rows")) else None, int(_param(run, "seed", 0)))
+    r["same_as_run"] = (source, r["n_rows"], r["seed"]) == (_param(run, "data.source"), int(run_n) if run_n else None,
+                                                            int(_param(run, "seed", 0)))
     return r
 
 # %% ../nbs/10_gate.ipynb #a8fe5acb
 def build_eval_data(recipe:dict, *, task:str, run=None) -> tuple[pd.DataFrame, str]:
     "(evaluation frame, its fingerprint) from `recipe`; GateError when it is not the data the run recorded or the params froze."
-    df = load_data(recipe["source"], n_rows=recipe["n_rows"], seed=recipe["seed"])   # drop_columns stay: another model may need them
-    if recipe["target"] not in df.columns:
-        raise GateError(f"evaluation data '{recipe['source']}' has no target column '{recipe['target']}'{did_you_mean(recipe['target'], map(str, df.columns))}; set eval_data.target")
-    if run is not None and recipe.get("same_as_run") and (fp := run.data.tags.get("mlkit.data_fingerprint")) and fp != (got := fingerprint_frame(df.drop(columns=recipe["drop_columns"], errors="ignore"))):
-        raise GateError(f"rebuilt data of run {run.info.run_id} has fingerprint {got}, the run recorded {fp}: the source changed since training; "
-                        "set eval_data.source/seed to a data set you trust")
+    df = load_data(recipe["source"], n_rows=recipe["n_rows"], seed=recipe["seed"], param=recipe.get("param", "eval_data.source"))
+    t = recipe["target"]      # drop_columns stay: another model may need them
+    if t not in df.columns:
+        raise GateError(f"evaluation data '{recipe['source']}' has no target column '{t}'{did_you_mean(t, map(str, df.columns))}; "
+                        "set eval_data.target")
+    fp = run.data.tags.get("mlkit.data_fingerprint") if run is not None and recipe.get("same_as_run") else None
+    if fp and fp != (got := fingerprint_frame(df.drop(columns=recipe["drop_columns"], errors="ignore"))):
+        raise GateError(f"rebuilt data of run {run.info.run_id} has fingerprint {got}, the run recorded {fp}: the source changed "
+                        "since training; set eval_data.source/seed to a data set you trust")
     if recipe["holdout"]:
-        df = split_data(df, target=recipe["target"], test_size=recipe["test_size"], seed=recipe["seed"], task=task, time_column=recipe["time_column"])[1]
+        df = split_data(df, target=t, test_size=recipe["test_size"], seed=recipe["seed"], task=task, time_column=recipe["time_column"])[1]
     return df, fingerprint_frame(df)
 
 # %% ../nbs/10_gate.ipynb #f9b0ed36
@@ -100,6 +121,7 @@ class Candidate:
     model: object
     inputs: dict
 
+# %% ../nbs/10_gate.ipynb #e1f0a004
 def required_inputs(schema:dict|None, signature:dict|None=None) -> dict[str, str]:
     "Input column → kind the model needs, from its mlkit schema (else its MLflow signature)."
     if schema and schema.get("columns"):
@@ -109,6 +131,7 @@ def required_inputs(schema:dict|None, signature:dict|None=None) -> dict[str, str
         return {c["name"]: c.get("type", "?") for c in json.loads(signature["inputs"]) if "name" in c}
     return {}
 
+# %% ../nbs/10_gate.ipynb #e1f0a006
 def load_candidate(name:str, version:str|int) -> Candidate:
     "Version `version` of `name`, loaded for scoring."
     from mlkit.tracking import load_model_meta, load_sklearn_model
@@ -116,7 +139,8 @@ def load_candidate(name:str, version:str|int) -> Candidate:
     uri = f"models:/{name}/{mv.version}"
     meta = load_model_meta(uri)
     if not meta.get("task"): raise GateError(f"'{name}' v{mv.version} has no mlkit task metadata; log it with mlkit.tracking.log_model")
-    return Candidate(name, str(mv.version), mv.run_id, meta["task"], load_sklearn_model(uri), required_inputs(meta.get("schema"), meta.get("signature")))
+    return Candidate(name, str(mv.version), mv.run_id, meta["task"], load_sklearn_model(uri),
+                     required_inputs(meta.get("schema"), meta.get("signature")))
 
 # %% ../nbs/10_gate.ipynb #7e9f2407
 def schema_problems(champion:dict, challenger:dict, mode:str="strict") -> list[str]:
@@ -130,10 +154,13 @@ def schema_problems(champion:dict, challenger:dict, mode:str="strict") -> list[s
     return out
 
 # %% ../nbs/10_gate.ipynb #33ceb525
-FAIRNESS_METRICS = {"classification": ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate", "precision", "recall", "f1"),
+FAIRNESS_METRICS = {"classification": ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate", "precision",
+                                       "recall", "f1"),
                     "regression": ("mae", "rmse", "mean_prediction")}
 
+# %% ../nbs/10_gate.ipynb #e1f0a008
 def _fair_fns(task:str) -> dict:
+    "Metric name → function(y_true, y_pred) of the fairness metrics of `task`."
     from fairlearn.metrics import selection_rate, true_positive_rate, false_positive_rate, mean_prediction
     from sklearn import metrics as skm
     if task == "regression":
@@ -144,7 +171,8 @@ def _fair_fns(task:str) -> dict:
             "recall": lambda y, p: skm.recall_score(y, p, **z), "f1": lambda y, p: skm.f1_score(y, p, **z)}
 
 # %% ../nbs/10_gate.ipynb #3c14e993
-def fairness_slices(model, frame:pd.DataFrame, *, target:str, task:str, sensitive:list[str], X:pd.DataFrame|None=None) -> tuple[pd.DataFrame, dict]:
+def fairness_slices(model, frame:pd.DataFrame, *, target:str, task:str, sensitive:list[str],
+                    X:pd.DataFrame|None=None) -> tuple[pd.DataFrame, dict]:
     "(metrics per sensitive group, {attribute: {metric: gap between groups}}) for `model` on `frame`."
     from fairlearn.metrics import MetricFrame, count
     X = frame if X is None else X
@@ -155,10 +183,10 @@ def fairness_slices(model, frame:pd.DataFrame, *, target:str, task:str, sensitiv
     fns = _fair_fns(task) if task != "multiclass" else {"accuracy": _fair_fns("binary")["accuracy"]}
     rows, gaps = [], {}
     for attr in sensitive:
-        if attr not in frame.columns: raise GateError(f"sensitive attribute '{attr}' is not in the evaluation data{did_you_mean(attr, map(str, frame.columns))}; fix fairness.sensitive")
+        if attr not in frame.columns: raise GateError(f"sensitive attribute '{attr}' is not in the evaluation data"
+                                                      f"{did_you_mean(attr, map(str, frame.columns))}; fix fairness.sensitive")
         mf = MetricFrame(metrics={**fns, "n": count}, y_true=y, y_pred=p, sensitive_features=frame[attr].astype(str).to_numpy())
-        bg = mf.by_group.reset_index().rename(columns={"sensitive_feature_0": "group"})
-        rows.append(bg.assign(attribute=attr))
+        rows.append(mf.by_group.reset_index().rename(columns={"sensitive_feature_0": "group"}).assign(attribute=attr))
         gaps[attr] = {k: float(v) for k, v in mf.difference().items() if k != "n"}
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     return (table[["attribute", "group", "n", *fns]].astype({"n": int}) if len(table) else table), gaps
@@ -183,7 +211,8 @@ class GateVerdict:
     def table(self) -> pd.DataFrame:
         t = pd.DataFrame(self.checks, columns=["check", "metric", "challenger", "champion", "limit", "passed", "detail"])
         return t.assign(result=t.passed.map({True: "pass", False: "FAIL"})).drop(columns="passed")
-    def __repr__(self): return f"GateVerdict({self.name} v{self.challenger} vs {self.champion or 'no champion'}: {'passed' if self.passed else 'failed'})"
+    def __repr__(self):
+        return f"GateVerdict({self.name} v{self.challenger} vs {self.champion or 'no champion'}: {'passed' if self.passed else 'failed'})"
 
 # %% ../nbs/10_gate.ipynb #3c32c9af
 def _gain(metric:str, new:float, old:float) -> float:
@@ -191,19 +220,26 @@ def _gain(metric:str, new:float, old:float) -> float:
     return (new - old) if metric_direction(metric) == "maximize" else (old - new)
 
 def _row(check, metric, chal, champ, limit, passed, detail) -> dict:
+    "One check of the verdict."
     return dict(check=check, metric=metric, challenger=chal, champion=champ, limit=limit, passed=bool(passed), detail=detail)
 
+# %% ../nbs/10_gate.ipynb #e1f0a011
 def check_primary(m:str, chal:float, champ:float, min_delta:float) -> dict:
+    "The primary check: `chal` must beat `champ` by at least `min_delta` on metric `m`."
     g = _gain(m, chal, champ)
     return _row("primary", m, chal, champ, f"gain ≥ {min_delta:g}", g >= min_delta and not math.isnan(g),
                 f"{m} {'improved' if g > 0 else 'changed'} by {g:+.4f} ({champ:.4f} → {chal:.4f}); required gain ≥ {min_delta:g}")
 
+# %% ../nbs/10_gate.ipynb #e1f0a012
 def check_guard(m:str, chal:float, champ:float, tol:float) -> dict:
+    "A guard check: `chal` may be worse than `champ` on metric `m` by at most `tol`."
     g = _gain(m, chal, champ)
     return _row("guard", m, chal, champ, f"loss ≤ {tol:g}", g >= -tol and not math.isnan(g),
                 f"guard {m} moved by {g:+.4f} ({champ:.4f} → {chal:.4f}); tolerated loss {tol:g}")
 
+# %% ../nbs/10_gate.ipynb #e1f0a013
 def check_threshold(m:str, chal:float, bound:float) -> dict:
+    "An absolute limit on metric `m` for a first champion: a floor, or a ceiling for lower-is-better metrics."
     up = metric_direction(m) == "maximize"
     ok = chal >= bound if up else chal <= bound
     return _row("threshold", m, chal, None, f"{'≥' if up else '≤'} {bound:g}", ok,
@@ -211,17 +247,21 @@ def check_threshold(m:str, chal:float, bound:float) -> dict:
 
 # %% ../nbs/10_gate.ipynb #f0217d0a
 def _check_metrics(params:PromoteParams, task:str, primary:str, where:str) -> None:
-    names = [("primary_metric", primary), *((f"guards.{m}", m) for m in params.guards), *((f"thresholds.{m}", m) for m in params.thresholds)]
+    "GateError (naming the key) for a gate metric the task does not report, or a fairness metric it cannot compute."
+    names = [("primary_metric", primary), *((f"guards.{m}", m) for m in params.guards),
+             *((f"thresholds.{m}", m) for m in params.thresholds)]
     for key, m in names:
         try: check_metric(m, task)
         except ConfigError as e: raise GateError(f"{where}: {key}: {e}") from None
-    kind = "regression" if task == "regression" else "classification"
-    allowed = FAIRNESS_METRICS[kind] if task != "multiclass" else ("accuracy",)
+    allowed = FAIRNESS_METRICS["regression" if task == "regression" else "classification"] if task != "multiclass" else ("accuracy",)
     for attr, limits in params.fairness.max_gap.items():
         for m in limits:
-            if m not in allowed: raise GateError(f"{where}: fairness.max_gap.{attr}.{m} is not a {task} fairness metric{did_you_mean(m, allowed)}; choose from {list(allowed)}")
+            if m not in allowed: raise GateError(f"{where}: fairness.max_gap.{attr}.{m} is not a {task} fairness metric"
+                                                 f"{did_you_mean(m, allowed)}; choose from {list(allowed)}")
 
+# %% ../nbs/10_gate.ipynb #e1f0a015
 def _score(c:Candidate, frame:pd.DataFrame, target:str) -> dict:
+    "The metrics of candidate `c` on `frame`; GateError when the frame lacks columns it needs."
     if missing := sorted(set(c.inputs) - set(frame.columns)):
         raise GateError(f"the evaluation data lacks columns '{c.name}' v{c.version} needs: {missing}; choose eval_data matching the models")
     return compute_metrics(c.model, frame[list(c.inputs)] if c.inputs else frame.drop(columns=[target]), frame[target], task=c.task)
@@ -240,213 +280,80 @@ def evaluate_gate(name:str, challenger:str|int, params:PromoteParams|None=None, 
     recipe = eval_recipe(params, run)
     frame, fp = build_eval_data(recipe, task=chal.task, run=run)
     if params.eval_data.fingerprint and fp != params.eval_data.fingerprint:
-        raise GateError(f"evaluation data fingerprint is {fp}, the gate params froze {params.eval_data.fingerprint}: the data changed; rebuild it or update eval_data.fingerprint")
+        raise GateError(f"evaluation data fingerprint is {fp}, the gate params froze {params.eval_data.fingerprint}: the data "
+                        "changed; rebuild it or update eval_data.fingerprint")
     v = GateVerdict(name, chal.version, champ.version if champ else None, chal.task, primary,
                     eval={**recipe, "fingerprint": fp, "rows": len(frame)})
-    v.metrics["challenger"] = mc = _score(chal, frame, recipe["target"])
-    if champ:
-        if champ.task != chal.task:
-            v.checks.append(_row("schema", "task", chal.task, champ.task, "same", False, f"task differs: champion is {champ.task}, challenger {chal.task}"))
-            return v
-        probs = schema_problems(champ.inputs, chal.inputs, params.schema_check)
-        v.checks.append(_row("schema", "inputs", f"{len(chal.inputs)} columns", f"{len(champ.inputs)} columns", params.schema_check, not probs,
-                             "incompatible inputs: " + "; ".join(probs) if probs else "same required input columns and kinds"))
-        v.metrics["champion"] = mo = _score(champ, frame, recipe["target"])
-        for m in [primary, *params.guards]:
-            if m not in mc or m not in mo or any(map(math.isnan, (mc.get(m, np.nan), mo.get(m, np.nan)))):
-                raise GateError(f"metric '{m}' could not be computed for both models (challenger has {sorted(mc)}); choose another in the gate params")
-        v.checks.append(check_primary(primary, mc[primary], mo[primary], params.min_delta))
-        v.checks += [check_guard(m, mc[m], mo[m], tol) for m, tol in params.guards.items()]
-    else:
-        for m in params.thresholds:
-            if m not in mc: raise GateError(f"metric '{m}' could not be computed for '{name}' v{chal.version}; available: {sorted(mc)}")
-        v.checks += [check_threshold(m, mc[m], b) for m, b in params.thresholds.items()]
-        if not params.thresholds: v.checks.append(_row("threshold", primary, mc.get(primary), None, "none set", True, "no champion and no thresholds: first promotion"))
-    _fairness_checks(v, chal, frame, recipe["target"], params, run)
+    v.metrics["challenger"] = _score(chal, frame, recipe["target"])
+    if champ: _champion_checks(v, chal, champ, frame, recipe["target"], params)
+    else: _first_champion_checks(v, params)
+    if not (champ and champ.task != chal.task): _fairness_checks(v, chal, frame, recipe["target"], params, run)
     return v
+
+# %% ../nbs/10_gate.ipynb #e1f0a017
+def _champion_checks(v:GateVerdict, chal:Candidate, champ:Candidate, frame, target:str, params:PromoteParams) -> None:
+    "Task, schema, primary and guard checks of `chal` against `champ`, added to `v`."
+    if champ.task != chal.task:
+        v.checks.append(_row("schema", "task", chal.task, champ.task, "same", False, f"task differs: champion is {champ.task}, "
+                             f"challenger {chal.task}"))
+        return
+    probs = schema_problems(champ.inputs, chal.inputs, params.schema_check)
+    v.checks.append(_row("schema", "inputs", f"{len(chal.inputs)} columns", f"{len(champ.inputs)} columns", params.schema_check,
+                         not probs, "incompatible inputs: " + "; ".join(probs) if probs else "same required input columns and kinds"))
+    mc, mo = v.metrics["challenger"], _score(champ, frame, target)
+    v.metrics["champion"] = mo
+    for m in [v.primary, *params.guards]:
+        if m not in mc or m not in mo or any(map(math.isnan, (mc.get(m, np.nan), mo.get(m, np.nan)))):
+            raise GateError(f"metric '{m}' could not be computed for both models (challenger has {sorted(mc)}); choose another in the gate params")
+    v.checks.append(check_primary(v.primary, mc[v.primary], mo[v.primary], params.min_delta))
+    v.checks += [check_guard(m, mc[m], mo[m], tol) for m, tol in params.guards.items()]
+
+# %% ../nbs/10_gate.ipynb #e1f0a018
+def _first_champion_checks(v:GateVerdict, params:PromoteParams) -> None:
+    "The absolute thresholds a first champion must meet, added to `v`."
+    mc = v.metrics["challenger"]
+    for m in params.thresholds:
+        if m not in mc: raise GateError(f"metric '{m}' could not be computed for '{v.name}' v{v.challenger}; available: {sorted(mc)}")
+    v.checks += [check_threshold(m, mc[m], b) for m, b in params.thresholds.items()]
+    if not params.thresholds:
+        v.checks.append(_row("threshold", v.primary, mc.get(v.primary), None, "none set", True, "no champion and no thresholds: first promotion"))
 
 # %% ../nbs/10_gate.ipynb #98dd0505
 def _fairness_checks(v:GateVerdict, chal:Candidate, frame, target, params:PromoteParams, run) -> None:
+    "Fairness slices of the challenger by each sensitive attribute, and the max_gap checks, added to `v`."
     sens = params.fairness.sensitive
     if sens is None: sens = json.loads(_param(run, "data.sensitive", "[]"))
     sens = list(dict.fromkeys([*sens, *params.fairness.max_gap]))
     if not sens: return
-    table, gaps = fairness_slices(chal.model, frame, target=target, task=chal.task, sensitive=sens, X=frame[list(chal.inputs)] if chal.inputs else None)
-    v.fairness = table
+    X = frame[list(chal.inputs)] if chal.inputs else None
+    v.fairness = table = fairness_slices(chal.model, frame, target=target, task=chal.task, sensitive=sens, X=X)[0]
+    small = params.fairness.min_group_size
     for attr, limits in params.fairness.max_gap.items():
-        big = table[(table.attribute == attr) & (table.n >= params.fairness.min_group_size)]
-        n_small = int(((table.attribute == attr) & (table.n < params.fairness.min_group_size)).sum())
+        big = table[(table.attribute == attr) & (table.n >= small)]
+        n_small = int(((table.attribute == attr) & (table.n < small)).sum())
         for m, limit in limits.items():
             gap = float(big[m].max() - big[m].min()) if len(big) > 1 else 0.0
             v.checks.append(_row("fairness", f"{m} gap by {attr}", gap, None, f"≤ {limit:g}", gap <= limit,
-                                 f"{m} differs by {gap:.4f} between {attr} groups (limit {limit:g})" + (f"; {n_small} group(s) under {params.fairness.min_group_size} rows not held to it" if n_small else "")))
+                                 f"{m} differs by {gap:.4f} between {attr} groups (limit {limit:g})"
+                                 + (f"; {n_small} group(s) under {small} rows not held to it" if n_small else "")))
 
-# %% ../nbs/10_gate.ipynb #6ff9683e
-def _history_metrics(v:GateVerdict) -> dict:
-    return {"primary": v.primary, "eval_fingerprint": v.eval.get("fingerprint"),
-            **{k: {m: round(x, 6) for m, x in d.items()} for k, d in v.metrics.items()}}
-
-def pick_challenger(name:str, *, version=None, run_id=None) -> str:
-    "The challenger version: `version`, or `run_id`'s model (registered now if needed), or the newest version."
-    if version is not None and run_id is not None: raise GateError("give either a version or a run, not both")
-    if run_id is not None:
-        reg.find_run(run_id)
-        known = [v for v in reg.get_client().search_model_versions(f"name='{name}'") if v.run_id == run_id] if name in _model_names() else []
-        version = max(known, key=lambda v: int(v.version)).version if known else reg.register_version(run_id, name).version
-    version = str(reg.find_version(name, version).version if version is not None else reg.newest_version(name).version)
-    reg.annotate_version(name, version)   # lineage tags and a first model card, if registration did not add them
-    return version
-
-def _model_names() -> list[str]: return [m.name for m in reg.get_client().search_registered_models()]
-
-# %% ../nbs/10_gate.ipynb #98f8eec9
-@dataclass
-class Promotion:
-    "What `promote_version` did."
-    verdict: GateVerdict
-    promoted: bool
-    entry: dict
-
-def promote_version(name:str, *, version=None, run_id=None, params:PromoteParams|None=None, force:bool=False, reason:str|None=None,
-                    where:str="gate params", attempts:int=5) -> Promotion:
-    "Gate the challenger against the champion of `name` and move `champion` if it passes (or `force`); records the decision."
-    if force and not (reason and reason.strip()): raise GateError("--force needs --reason TEXT: an override of the gate must say why (it is recorded in the history)")
-    params = params or PromoteParams()
-    challenger = pick_challenger(name, version=version, run_id=run_id)
-    for _ in range(attempts):
-        current = getattr(reg.get_alias(name, "champion"), "version", None)
-        if current is not None and str(current) == challenger:
-            raise RegistryError(f"'{name}' v{challenger} already is the champion; nothing to promote (train a new version, or `mlkit rollback {name}`)")
-        v = evaluate_gate(name, challenger, params, champion=current, where=where)
-        reg.set_alias(name, "challenger", challenger)
-        action = "promote" if v.passed else "force" if force else "refused"
-        try:
-            entry = reg.move_champion(name, None if action == "refused" else challenger, expected_from=current, action=action, challenger=challenger,
-                                      verdict="passed" if v.passed else "failed", metrics=_history_metrics(v), reason=reason or "; ".join(v.failures()) or None,
-                                      failed=v.failures(), compared_with=v.champion, eval={k: v.eval[k] for k in ("source", "n_rows", "seed", "rows", "fingerprint")})
-            break
-        except reg.ChampionChanged: continue
-    else: raise RegistryError(f"champion of '{name}' kept moving during {attempts} evaluations; retry when other promotions have finished")
-    if action != "refused" and str(getattr(reg.get_alias(name, "challenger"), "version", None)) == challenger: reg.delete_alias(name, "challenger")
-    _card(name, v, entry)
-    return Promotion(v, action != "refused", entry)
-
-def _card(name:str, v:GateVerdict, entry:dict) -> None:
-    decision = {"promote": "PROMOTED", "force": "PROMOTED BY OVERRIDE (gate failed)", "refused": "REFUSED"}[entry["action"]]
-    reg.log_model_card(name, v.challenger, fairness=v.fairness.round(4) if v.fairness is not None else None,
-                       verdict={**entry, "decision": decision, "champion": v.champion, "eval_fingerprint": v.eval.get("fingerprint"),
-                                "table": v.table().round(4).to_dict(orient="records")})
-
-# %% ../nbs/10_gate.ipynb #fea244ae
-def _experiments(client, experiment:str|None):
-    exps = client.search_experiments()
-    if experiment is None: return exps
-    hit = [e for e in exps if e.name == experiment]
-    if not hit: raise GateError(f"no experiment '{experiment}'{did_you_mean(experiment, [e.name for e in exps])}; experiments: {sorted(e.name for e in exps)}")
-    return hit
-
-def _metric_order(cols, primary:str|None=None) -> list[str]:
-    order = [m for ms in TASK_METRICS.values() for m in ms]
-    tests = sorted((c for c in cols if c.startswith("test_")), key=lambda c: order.index(c[5:]) if c[5:] in order else 99)
-    if primary and f"test_{primary}" in tests: tests.remove(f"test_{primary}"); tests.insert(0, f"test_{primary}")
-    return tests
-
-# %% ../nbs/10_gate.ipynb #db461eea
-def runs_frame(experiment:str|None=None, *, sort:str|None=None, limit:int=20, max_metrics:int=5, exclude_pipelines=("compare",)) -> pd.DataFrame:
-    "One row per run: run id, experiment, status, pipeline, key metrics, differing params, data fingerprint, commit."
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise GateError(f"--limit must be a whole number of runs ≥ 1, got {limit!r}; e.g. --limit 20")
-    client = reg.get_client()
-    exps = {e.experiment_id: e.name for e in _experiments(client, experiment)}
-    runs = [r for r in client.search_runs(list(exps), max_results=max(limit * 5, 100), order_by=["attributes.start_time DESC"])
-            if r.data.tags.get("mlkit.pipeline") not in exclude_pipelines]
-    if not runs: return pd.DataFrame(columns=["run", "run_id", "experiment", "status", "pipeline", "data", "commit"])
-    keys = sorted({k for r in runs for k in r.data.params})
-    differ = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
-    mcols = [c for c in _metric_order({k for r in runs for k in r.data.metrics}, (sort or "").removeprefix("test_"))]
-    rows = [{"run": r.info.run_id[:8], "run_id": r.info.run_id, "experiment": exps[r.info.experiment_id], "status": r.info.status,
-             "pipeline": r.data.tags.get("mlkit.pipeline", ""), **{c: r.data.metrics.get(c) for c in mcols},
-             **{k: (r.data.params.get(k) or "")[:40] for k in differ}, "data": r.data.tags.get("mlkit.data_fingerprint", "")[:8],
-             "commit": r.data.tags.get("mlkit.git_commit", "")[:8] + ("*" if r.data.tags.get("mlkit.git_dirty") == "true" else "")} for r in runs]
-    df = pd.DataFrame(rows)
-    if sort:
-        col = sort if sort in df.columns else f"test_{sort}"
-        if col not in df.columns or col not in mcols:
-            raise GateError(f"cannot sort by '{sort}': no run has that metric{did_you_mean(col, mcols)}; metrics: {mcols}")
-        df = df.sort_values(col, ascending=metric_direction(col) == "minimize", na_position="last", kind="stable")
-    keep = mcols[:max_metrics] + ([col] if sort and col not in mcols[:max_metrics] else [])
-    return df.drop(columns=[c for c in mcols if c not in keep]).head(limit).reset_index(drop=True)
-
-# %% ../nbs/10_gate.ipynb #a6c09522
-def plot_runs(frame:pd.DataFrame, *, metrics:list[str]|None=None, path:str|Path|None=None):
-    "A figure comparing the runs of `frame` (from `runs_frame`) on each metric; saved as PNG when `path` is given (folders created)."
-    import matplotlib
-    if "matplotlib.pyplot" not in sys.modules: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    metrics = metrics or [c for c in frame.columns if c.startswith("test_")][:4]
-    if not metrics or frame.empty: raise GateError("no run with test metrics to plot; train a model first (`mlkit run train`)")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.45 * len(frame) + 1.6), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        vals = frame[m].astype(float)
-        best = vals.idxmax() if metric_direction(m) == "maximize" else vals.idxmin()
-        ax.barh(frame.run, vals, color=["tab:green" if i == best else "tab:gray" for i in frame.index])
-        ax.set_title(m, fontsize=9); ax.invert_yaxis(); ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    if path:
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=100)
-        except (OSError, ValueError) as e:
-            plt.close(fig)
-            raise GateError(f"cannot write the plot to '{path}': {getattr(e, 'strerror', None) or e}; choose a writable .png path") from None
-    return fig
-
-# %% ../nbs/10_gate.ipynb #e7e89a95
-def _gate_params(path, sets) -> tuple[PromoteParams, str]:
-    if path == "params/promote.yaml" and not Path(path).exists(): path = None   # the CLI default, absent: schema defaults
-    return load_params("promote", path, sets or ()), (f"'{path}'" if path else "gate params")
-
+# %% ../nbs/10_gate.ipynb #e1f0a030
 def format_verdict(v:GateVerdict) -> str:
     "The verdict table as text."
     e = v.eval
-    head = (f"gate: {v.name} v{v.challenger} (challenger) vs {('v' + v.champion) if v.champion else 'no champion'} — {v.task}, primary {v.primary}\n"
-            f"evaluation data: {e.get('source')} rows={e.get('rows')} seed={e.get('seed')}{' holdout' if e.get('holdout') else ''}, fingerprint {e.get('fingerprint')}")
+    head = (f"gate: {v.name} v{v.challenger} (challenger) vs {('v' + v.champion) if v.champion else 'no champion'} — {v.task}, "
+            f"primary {v.primary}\nevaluation data: {e.get('source')} rows={e.get('rows')} seed={e.get('seed')}"
+            f"{' holdout' if e.get('holdout') else ''}, fingerprint {e.get('fingerprint')}")
     t = v.table().drop(columns="detail")
     return head + "\n" + t.to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="")
 
-# %% ../nbs/10_gate.ipynb #283547c9
-def cli_promote(args) -> int:
-    "`mlkit promote MODEL [--version V | --run RUN] [-p promote.yaml] [--force --reason TEXT]`: 0 promoted, 1 refused."
-    params, where = _gate_params(getattr(args, "params", None), getattr(args, "set", None))
-    p = promote_version(args.model, version=args.version, run_id=args.run, params=params, force=args.force, reason=args.reason, where=where)
-    print(format_verdict(p.verdict))
-    e = p.entry
-    if p.promoted:
-        print(f"{'PROMOTED BY OVERRIDE' if e['action'] == 'force' else 'PROMOTED'}: {args.model} champion {('v' + str(e['from_version'])) if e['from_version'] else '(none)'} → v{e['to_version']}"
-              + (f" (gate failed; reason: {e['reason']})" if e["action"] == "force" else ""))
-        return 0
-    print(f"REFUSED: {args.model} v{p.verdict.challenger} stays challenger; champion stays v{e['to_version'] or '-'}")
-    for f in p.verdict.failures(): print(f"  - {f}")
-    return 1
+# %% ../nbs/10_gate.ipynb #e1f0a043
+_MOVED = ("choose_challenger", "pick_challenger", "dry_run", "Promotion", "promote_version", "cli_promote", "cli_rollback",
+          "cli_history")
 
-# %% ../nbs/10_gate.ipynb #0422d3a1
-def cli_rollback(args) -> int:
-    "`mlkit rollback MODEL [--reason TEXT]`: point `champion` back at the previous champion."
-    e = reg.rollback_champion(args.model, reason=getattr(args, "reason", None))
-    print(f"ROLLED BACK: {args.model} champion v{e['from_version']} → v{e['to_version']}")
-    return 0
-
-def cli_history(args) -> int:
-    "`mlkit history MODEL`: every alias move and gate decision, oldest first."
-    h = reg.history_frame(args.model)
-    if h.empty: print(f"no alias moves recorded for '{args.model}' yet (promote a version with `mlkit promote {args.model}`)"); return 0
-    with pd.option_context("display.max_colwidth", 60, "display.width", 200): print(h.fillna("").to_string(index=False))
-    return 0
-
-def cli_runs(args) -> int:
-    "`mlkit runs [--experiment E] [--sort M] [--limit N] [--plot FILE.png]`: the runs table (and a comparison plot)."
-    df = runs_frame(getattr(args, "experiment", None), sort=getattr(args, "sort", None), limit=20 if getattr(args, "limit", None) is None else args.limit)
-    if df.empty: print("no runs yet; train one with `mlkit run train`"); return 0
-    with pd.option_context("display.width", 250, "display.max_columns", 50): print(df.drop(columns="run_id").to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep=""))
-    if getattr(args, "plot", None): plot_runs(df, path=args.plot); print(f"plot: {args.plot}")
-    return 0
+def __getattr__(name:str):
+    "Transitional: `mlkit.gate.promote_version` etc. forward to `mlkit.promote` (remove once callers import from there)."
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module("mlkit.promote"), name)
+    raise AttributeError(f"module 'mlkit.gate' has no attribute '{name}'")

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from mlkit.core import ConfigError, DataError, ModelError
-from mlkit.data import (SHIFTS, check_training_data, fingerprint_frame, infer_schema, infer_task, load_data, make_credit_data,
-                        quality_report, split_data, validate_frame)
+from mlkit.data import SHIFTS, fingerprint_frame, infer_task, load_data, make_credit_data, split_data
+from mlkit.checks import check_training_data, infer_schema, quality_report, validate_frame
 from mlkit.features import feature_columns, make_preprocessor
 from mlkit.models import make_estimator, make_model
 

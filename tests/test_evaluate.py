@@ -326,7 +326,8 @@ def test_stacked_partial_dependence_equals_sklearn(task):
 def test_real_mlkit_pipeline_on_credit_data(tmp_path):
     "make_credit_data + make_model: integer columns, several str categoricals with NaNs, id/date columns the model drops."
     from sklearn.inspection import partial_dependence
-    from mlkit.data import infer_schema, make_credit_data, split_data
+    from mlkit.checks import infer_schema
+    from mlkit.data import make_credit_data, split_data
     from mlkit.models import make_model
     df = make_credit_data(1500, seed=3)
     schema = infer_schema(df, target="default", id_column="id", time_column="application_date")

@@ -10,11 +10,11 @@ NAME = "credit"
 def _train_inprocess(*, experiment="promo-extra", drop=(), C=1.0, seed=0, n_rows=1500):
     "Train a model the way the train pipeline does (its params, lineage tags, metrics and logged model), in this process."
     from mlkit.config import TrainParams
-    from mlkit import data as md, models as mm, evaluate as me, tracking
+    from mlkit import checks as mc, data as md, models as mm, evaluate as me, tracking
     p = TrainParams(seed=seed, experiment=experiment, data={"n_rows": n_rows, "id_column": "id", "drop_columns": ["application_date", *drop], "sensitive": ["sex"]},
                     model={"estimator": "logistic_regression", "hyperparams": {"C": C}})
     df = md.load_data("mlkit:credit", n_rows=n_rows, seed=seed).drop(columns=p.data.drop_columns)
-    schema = md.infer_schema(df, target="default", id_column="id")
+    schema = mc.infer_schema(df, target="default", id_column="id")
     tr, te = md.split_data(df, target="default", test_size=0.2, seed=seed, task="binary")
     X, Xt = tr.drop(columns=["default", "id"]), te.drop(columns=["default", "id"])
     m = mm.make_model(schema, task="binary", model=p.model, features=p.features, seed=seed).fit(X, tr["default"])
