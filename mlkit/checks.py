@@ -101,7 +101,7 @@ def _column_schema(s:pd.Series, max_categories:int=200) -> dict:
     return d
 
 # %% ../nbs/02a_checks.ipynb #c1a0e030
-_ID_PATTERNS = {"UUIDs": r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}",
+_ID_PATTERNS = {"UUIDs": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
                 "e-mail addresses": r"[^@\s]+@[^@\s]+\.[^@\s]+", "hex digests": r"[0-9a-fA-F]{32,128}", "URLs": r"(https?|ftp)://\S+"}
 
 def _id_like_name(name) -> bool:
