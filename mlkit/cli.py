@@ -45,7 +45,7 @@ COMMANDS = {
     "promote": ("mlkit.promote:cli_promote", "gate a challenger against the champion and move `champion` if it passes", [
         (("model",), dict(help="registered model name")),
         (("--version",), dict(help="challenger version (default: the newest)")), (("--run",), dict(help="challenger run id (its model is registered)")),
-        _PARAMS("params/promote.yaml"), _SET,
+        _PARAMS(), _SET,
         (("--force",), dict(action="store_true", help="promote even if the gate fails (needs --reason; recorded as an override)")),
         (("--reason",), dict(help="why (required with --force)"))]),
     "rollback": ("mlkit.promote:cli_rollback", "restore the previous champion", [

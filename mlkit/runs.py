@@ -43,10 +43,10 @@ def runs_frame(experiment:str|None=None, *, sort:str|None=None, limit:int=20, ma
     runs = [r for r in client.search_runs(list(exps), max_results=max(limit * 5, 100), order_by=["attributes.start_time DESC"])
             if r.data.tags.get("mlkit.pipeline") not in exclude_pipelines]
     if not runs: return pd.DataFrame(columns=["run", "run_id", "experiment", "status", "pipeline", "data", "commit"])
-    keys = sorted({k for r in runs for k in r.data.params})
-    differ = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+    differ = _differing_params(runs)
     mcols = _metric_order({k for r in runs for k in r.data.metrics}, (sort or "").removeprefix("test_"))
     df = pd.DataFrame([_run_row(r, exps, mcols, differ) for r in runs])
+    if not df["error"].any(): df = df.drop(columns="error")
     if sort:
         col = sort if sort in df.columns else f"test_{sort}"
         if col not in df.columns or col not in mcols:
@@ -55,12 +55,24 @@ def runs_frame(experiment:str|None=None, *, sort:str|None=None, limit:int=20, ma
     keep = mcols[:max_metrics] + ([col] if sort and col not in mcols[:max_metrics] else [])
     return df.drop(columns=[c for c in mcols if c not in keep]).head(limit).reset_index(drop=True)
 
+# %% ../nbs/10a_runs.ipynb #a0a1e020
+def _differing_params(runs) -> list[str]:
+    "The parameters two of `runs` logged with different values (a run that did not log one does not count)."
+    keys = sorted({k for r in runs for k in r.data.params})
+    return [k for k in keys if len({r.data.params[k] for r in runs if k in r.data.params}) > 1]
+
+# %% ../nbs/10a_runs.ipynb #a0a1e023
+def _error_line(tags:dict, width:int=70) -> str:
+    "The first line of a failed run's `mlkit.error` tag, shortened to `width` characters ('' when there is none)."
+    e = (tags.get("mlkit.error") or "").strip().splitlines()
+    return "" if not e else e[0] if len(e[0]) <= width else e[0][:width - 1] + "…"
+
 # %% ../nbs/10a_runs.ipynb #a0a1e010
 def _run_row(r, exps:dict, mcols:list, differ:list) -> dict:
     "One row of the runs table."
     t = r.data.tags
     return {"run": r.info.run_id[:8], "run_id": r.info.run_id, "experiment": exps[r.info.experiment_id], "status": r.info.status,
-            "pipeline": t.get("mlkit.pipeline", ""), **{c: r.data.metrics.get(c) for c in mcols},
+            "error": _error_line(t), "pipeline": t.get("mlkit.pipeline", ""), **{c: r.data.metrics.get(c) for c in mcols},
             **{k: (r.data.params.get(k) or "")[:40] for k in differ}, "data": t.get("mlkit.data_fingerprint", "")[:8],
             "commit": t.get("mlkit.git_commit", "")[:8] + ("*" if t.get("mlkit.git_dirty") == "true" else "")}
 
