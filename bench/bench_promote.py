@@ -86,10 +86,24 @@ for mod, fn, name in [(tr, "load_model_meta", "model metadata (MLmodel: download
                       (rs, "fairness_slices", "fairness slices"), (pr, "pick_challenger", "choose + annotate the challenger"),
                       (pr, "_record", "alias move + history"), (pr, "_card", "model card")]:
     timed(mod, fn, name)
+import mlflow, collections
+calls = collections.Counter()
+for fn in [f for f in dir(mlflow.MlflowClient) if not f.startswith("_")]:
+    orig = getattr(mlflow.MlflowClient, fn)
+    if callable(orig):
+        def counted(*a, _f=orig, _n=fn, **k): calls[_n] += 1; return _f(*a, **k)
+        setattr(mlflow.MlflowClient, fn, counted)
 from mlkit.cli import main
 phase("whole promotion (main)", lambda: main(["promote", "credit", "--version", "2"]))
 out["whole process"] = time.perf_counter() - t0
+out["MLflow client calls"] = f"{sum(calls.values())}: " + ", ".join(f"{n} {c}" for n, c in calls.most_common(8))
 print(json.dumps(out), file=sys.stderr)
+'''
+YAML = r'''
+import sys, time, yaml
+text = open(sys.argv[1]).read()
+def best(loader): return min((lambda t0: (yaml.load(text, Loader=loader), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
+print(f"{len(text)} {best(yaml.SafeLoader):.4f} {best(yaml.CSafeLoader):.4f}")
 '''
 
 
@@ -99,7 +113,12 @@ def phases(d:Path) -> None:
     shutil.copy(d / "mlflow.db.orig", d / "mlflow.db")
     r = subprocess.run([sys.executable, "-c", PHASES], cwd=d, capture_output=True, text=True,
                        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db", "OMP_NUM_THREADS": "1"})
-    for name, t in json.loads(r.stderr.strip().splitlines()[-1]).items(): print(f"  {t:6.2f} s  {name}")
+    for name, t in json.loads(r.stderr.strip().splitlines()[-1]).items():
+        print(f"  {t:6.2f} s  {name}" if isinstance(t, float) else f"  {name}: {t}")
+    mlmodel = next((d / "v2").rglob("MLmodel"))
+    size, py, c = subprocess.run([sys.executable, "-c", YAML, str(mlmodel)], capture_output=True, text=True).stdout.split()
+    print(f"  one MLmodel ({int(size):,} bytes, the mlkit profile inside) parses in {float(py):.3f} s with yaml.SafeLoader, "
+          f"{float(c):.3f} s with yaml.CSafeLoader; a promotion parses 4 of them (2 per model: metadata, then the model)")
 
 
 def profile(d:Path) -> None:

@@ -12,8 +12,8 @@ from .core import DataError, did_you_mean
 from .data import TASKS, check_named_columns, infer_task
 
 # %% auto #0
-__all__ = ['LEAK_LIMITS', 'check_training_data', 'column_kind', 'id_reason', 'find_id_columns', 'infer_schema', 'warn_leaks',
-           'ValidationReport', 'validate_frame', 'quality_report']
+__all__ = ['LEAK_LIMITS', 'check_training_data', 'column_kind', 'id_reason', 'find_id_columns', 'infer_schema', 'input_columns',
+           'warn_leaks', 'ValidationReport', 'validate_frame', 'quality_report']
 
 # %% ../nbs/02a_checks.ipynb #c1a0e007
 def _py(v):
@@ -39,22 +39,25 @@ def _check_target(y:pd.Series, target:str, task:str) -> str:
     "The resolved task; DataError when the target cannot support it."
     if y.isna().all(): raise DataError(f"target '{target}' has no values (all missing); choose another data.target")
     if y.isna().any():
-        raise DataError(f"target '{target}' is missing in {int(y.isna().sum())} of {len(y)} rows; drop those rows before training")
+        raise DataError(f"target '{target}' is missing in {int(y.isna().sum())} of {len(y)} rows; drop those rows "
+                        f"before training")
     task = infer_task(y) if task in (None, "auto") else task
-    if task not in TASKS: raise DataError(f"unknown task '{task}'{did_you_mean(task, TASKS)}; use one of {list(TASKS) + ['auto']}")
+    if task not in TASKS: raise DataError(f"unknown task '{task}'{did_you_mean(task, TASKS)}; use one of "
+                                          f"{list(TASKS) + ['auto']}")
     k = y.nunique()
     if task == "regression" and (not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
         raise DataError(f"task 'regression' needs a numeric target, but '{target}' holds {y.dtype} values such as "
                         f"{y.astype(str).unique()[:3].tolist()}; use task 'binary' or 'multiclass'")
     if task != "regression":
-        if k < 2: raise DataError(f"target '{target}' has a single class ({_py(y.iloc[0])!r}); a classifier needs at least two — "
-                                  "check the data or the target column")
+        if k < 2: raise DataError(f"target '{target}' has a single class ({_py(y.iloc[0])!r}); a classifier needs at "
+                                  f"least two — check the data or the target column")
         if task == "binary" and k > 2:
-            raise DataError(f"task 'binary' needs 2 classes, but target '{target}' has {k}: {sorted(map(str, y.unique()))[:10]}; "
-                            "use task 'multiclass' (or 'regression' for a numeric quantity)")
+            raise DataError(f"task 'binary' needs 2 classes, but target '{target}' has {k}: "
+                            f"{sorted(map(str, y.unique()))[:10]}; use task 'multiclass' (or 'regression' for a numeric "
+                            f"quantity)")
         rare = y.value_counts()
-        if rare.min() < 2: raise DataError(f"class {_py(rare.idxmin())!r} of target '{target}' has only 1 row; a stratified split "
-                                           "needs at least 2 per class — drop or merge that class")
+        if rare.min() < 2: raise DataError(f"class {_py(rare.idxmin())!r} of target '{target}' has only 1 row; a "
+                                           f"stratified split needs at least 2 per class — drop or merge that class")
     return task
 
 # %% ../nbs/02a_checks.ipynb #5253aae3
@@ -65,8 +68,8 @@ def check_training_data(df:pd.DataFrame, # the training data as loaded (before d
                        ) -> None:
     "Raise DataError (with the fix) when `df` cannot train a `task` model on `target`."
     if df is None or df.shape[0] == 0 or df.shape[1] == 0:
-        raise DataError(f"the data is empty ({0 if df is None else df.shape[0]} rows, {0 if df is None else df.shape[1]} columns); "
-                        "check data.source")
+        raise DataError(f"the data is empty ({0 if df is None else df.shape[0]} rows, "
+                        f"{0 if df is None else df.shape[1]} columns); check data.source")
     if target not in df.columns:
         cols = [str(c) for c in df.columns]
         raise DataError(f"target column '{target}' not in the data{did_you_mean(target, cols)}; available: {cols[:30]}")
@@ -77,8 +80,9 @@ def check_training_data(df:pd.DataFrame, # the training data as loaded (before d
     if empty: raise DataError(f"column(s) {empty} have no values (all missing); add them to data.drop_columns")
     for c in df.columns:
         if c != target and c not in dropped and (bad := _text_in_numbers(df[c])):
-            raise DataError(f"column '{c}' looks numeric ({bad[0]:.0%} of its values are numbers) but also holds text: {bad[1]}; "
-                            f"fix or blank those values (e.g. read_csv(na_values=[...])), or add '{c}' to data.drop_columns")
+            raise DataError(f"column '{c}' looks numeric ({bad[0]:.0%} of its values are numbers) but also holds text: "
+                            f"{bad[1]}; fix or blank those values (e.g. read_csv(na_values=[...])), or add '{c}' to "
+                            f"data.drop_columns")
 
 # %% ../nbs/02a_checks.ipynb #d65a3f67
 def column_kind(s:pd.Series) -> str:
@@ -149,8 +153,9 @@ def _pick_id(df:pd.DataFrame, found:dict) -> str|None:
 # %% ../nbs/02a_checks.ipynb #c1a0e043
 def _id_note(col:str, reason:str) -> str:
     "The note printed for an identifier-like column left out of the features."
-    return (f"note: leaving column '{col}' out of the features: it looks like an identifier ({reason}); to use it as a feature, "
-            f"add it to data.keep_columns (or name it in features.categorical/numeric); if it is the row id, set data.id_column: {col}")
+    return (f"note: leaving column '{col}' out of the features: it looks like an identifier ({reason}); to use it as a "
+            f"feature, add it to data.keep_columns (or name it in features.categorical/numeric); if it is the row id, "
+            f"set data.id_column: {col}")
 
 # %% ../nbs/02a_checks.ipynb #46b8aa13
 def infer_schema(df:pd.DataFrame, # the training data
@@ -178,6 +183,12 @@ def infer_schema(df:pd.DataFrame, # the training data
         schema["task"] = task = infer_task(df[target]) if task in (None, "auto") else task
         if task != "regression": schema["classes"] = [_py(v) for v in sorted(df[target].dropna().unique().tolist(), key=str)]
     return schema
+
+# %% ../nbs/02a_checks.ipynb #c1a0e048
+def input_columns(schema:dict) -> list[str]:
+    "The columns a model trained on `schema` takes: the schema's columns but target, id and time column (excluded ones are not there)."
+    roles = {schema.get("target"), schema.get("id_column"), schema.get("time_column")}
+    return [c for c in schema["columns"] if c not in roles]
 
 # %% ../nbs/02a_checks.ipynb #c1a0e051
 LEAK_LIMITS = {"regression": ("r2", 0.98), "binary": ("roc_auc", 0.99), "multiclass": ("balanced_accuracy", 0.98)}
@@ -237,9 +248,9 @@ def warn_leaks(df:pd.DataFrame, # the training split, target included
     for c in [c for c in (columns if columns is not None else d.columns) if c != target]:
         if column_kind(d[c]) == "datetime" or (score := _leak_score(d[c], *sample, task, seed)) < limit: continue
         found.append({"column": str(c), "metric": metric, "score": round(score, 4)})
-        if not quiet: print(f"warning: column '{c}' alone predicts the target '{target}' almost perfectly ({metric} {score:.3f} on "
-                            "held-out training rows): it may be derived from the target (a leak); if it is not known when "
-                            f"predictions are made, add it to data.drop_columns")
+        if not quiet: print(f"warning: column '{c}' alone predicts the target '{target}' almost perfectly ({metric} "
+                            f"{score:.3f} on held-out training rows): it may be derived from the target (a leak); if it "
+                            f"is not known when predictions are made, add it to data.drop_columns")
     return found
 
 # %% ../nbs/02a_checks.ipynb #db9c03fb
@@ -287,7 +298,8 @@ def _pandera_schemas(schema:dict, columns, *, require_target:bool, tol:float, sk
     return pa.DataFrameSchema(err, strict=False), pa.DataFrameSchema(warn, strict=False)
 
 # %% ../nbs/02a_checks.ipynb #653307ca
-_MESSAGES = {"column_in_dataframe": "column is missing", "not_nullable": "missing value(s), but the column had none in training",
+_MESSAGES = {"column_in_dataframe": "column is missing", "not_nullable": "missing value(s), but the column had none in "
+                                                                         "training",
              "kind_numeric": "expected numbers, found", "kind_datetime": "expected dates, found",
              "kind_boolean": "expected true/false, found", "range": "values outside the training range",
              "categories": "categories not seen in training"}

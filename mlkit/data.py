@@ -100,7 +100,8 @@ def make_credit_data(n_rows:int=5000, # applicants to generate
                      days:int=730, # application dates spread over this many days
                     ) -> pd.DataFrame:
     "A synthetic, deterministic credit-default table (target `default`), optionally shifted for monitoring."
-    if shift not in SHIFTS: raise DataError(f"unknown shift {shift!r}{did_you_mean(shift, SHIFTS[1:])}; use one of {list(SHIFTS)}")
+    if shift not in SHIFTS: raise DataError(f"unknown shift {shift!r}{did_you_mean(shift, SHIFTS[1:])}; use one of "
+                                            f"{list(SHIFTS)}")
     if int(n_rows) < 1: raise DataError(f"n_rows must be at least 1, got {n_rows}")
     if shift_strength < 0: raise DataError(f"shift_strength must be >= 0, got {shift_strength}")
     rng, n, s = np.random.default_rng(seed), int(n_rows), float(shift_strength)
@@ -136,13 +137,14 @@ def default_target(source:str) -> str|None:
 def _check_named_source(s:str) -> None:
     "DataError for an unknown 'mlkit:' or 'sklearn:' dataset name, or one that needs a download."
     if s.startswith("mlkit:"):
-        if s not in BUNDLED: raise DataError(f"unknown dataset '{s}'{did_you_mean(s, BUNDLED)}; bundled datasets: {list(BUNDLED)}")
+        if s not in BUNDLED: raise DataError(f"unknown dataset '{s}'{did_you_mean(s, BUNDLED)}; bundled datasets: "
+                                             f"{list(BUNDLED)}")
         return
     name = s.removeprefix("sklearn:")
     if name in _SKLEARN_DOWNLOADS or name.removeprefix("fetch_") in _SKLEARN_DOWNLOADS:
-        raise DataError(f"sklearn:{name} must be downloaded (sklearn.datasets.fetch_{name.removeprefix('fetch_')}) and mlkit only "
-                        f"loads datasets that work offline: {list(SKLEARN_DATASETS)}; download it yourself, save it as "
-                        ".csv/.parquet and give that path")
+        raise DataError(f"sklearn:{name} must be downloaded (sklearn.datasets.fetch_{name.removeprefix('fetch_')}) and "
+                        f"mlkit only loads datasets that work offline: {list(SKLEARN_DATASETS)}; download it yourself, "
+                        f"save it as .csv/.parquet and give that path")
     if name not in SKLEARN_DATASETS:
         raise DataError(f"unknown dataset 'sklearn:{name}'{did_you_mean(name, SKLEARN_DATASETS)}; "
                         f"bundled scikit-learn datasets: {list(SKLEARN_DATASETS)}")
@@ -174,16 +176,16 @@ def _read_file(path:Path, n_rows:int|None, param:str) -> pd.DataFrame:
     "The frame in a CSV/TSV(.gz)/Parquet file; DataError (naming `param`) when it is empty or unreadable."
     name = path.name.lower()
     if not name.endswith(FILE_TYPES):
-        raise DataError(f"unsupported file type '{''.join(path.suffixes) or path.name}' for {path}; use one of {list(FILE_TYPES)} "
-                        f"(check {param})")
+        raise DataError(f"unsupported file type '{''.join(path.suffixes) or path.name}' for {path}; use one of "
+                        f"{list(FILE_TYPES)} (check {param})")
     if path.stat().st_size == 0: raise DataError(f"data file is empty (0 bytes): {path}; check {param}")
     try:
         if name.endswith((".parquet", ".pq")): df = pd.read_parquet(path)
         else: df = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", nrows=n_rows)
     except pd.errors.EmptyDataError: raise DataError(f"data file has no columns or rows: {path}; check {param}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}; check that it is a valid {''.join(path.suffixes)} file "
-                        f"({param})") from None
+        raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}; check that it is a valid "
+                        f"{''.join(path.suffixes)} file ({param})") from None
     if n_rows: df = df.head(n_rows)
     if len(df) == 0: raise DataError(f"data file has a header but no rows: {path}; check {param}")
     return _parse_dates(df)
@@ -222,7 +224,8 @@ def _csv_head(path:Path, param:str, limit:int=1 << 20) -> tuple[list[str], bool]
     if b"\x00" in raw[:8192]: raise DataError(f"{path} looks like a binary file, not CSV text; check {param}")
     try: text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        if len(raw) < limit or e.start < limit - 4: raise DataError(f"{path} is not UTF-8 text; save it as UTF-8 CSV ({param})") from None
+        if len(raw) < limit or e.start < limit - 4: raise DataError(f"{path} is not UTF-8 text; save it as UTF-8 CSV "
+                                                                    f"({param})") from None
         text = raw[:e.start].decode("utf-8")
     lines = [l for l in text.splitlines() if l.strip()]
     if not lines: raise DataError(f"data file has no columns or rows: {path}; check {param}")
@@ -234,8 +237,8 @@ def _file_columns(path:Path, param:str) -> list[str]:
     "The column names of a data file, from its header (CSV) or footer (Parquet) only."
     name = path.name.lower()
     if not name.endswith(FILE_TYPES):
-        raise DataError(f"unsupported file type '{''.join(path.suffixes) or path.name}' for {path}; use one of {list(FILE_TYPES)} "
-                        f"(check {param})")
+        raise DataError(f"unsupported file type '{''.join(path.suffixes) or path.name}' for {path}; use one of "
+                        f"{list(FILE_TYPES)} (check {param})")
     if not os.access(path, os.R_OK): raise DataError(f"cannot read {path}: permission denied; check {param}")
     if path.stat().st_size == 0: raise DataError(f"data file is empty (0 bytes): {path}; check {param}")
     if name.endswith((".parquet", ".pq")):
@@ -298,7 +301,8 @@ def precheck_data(source:str, # data.source: a file path, 'sklearn:<name>' or 'm
         cols = _named_dataset_columns(s, named)
     else:
         cols = _file_columns(_local_file(s, param), param)
-        if "data.target" not in named: raise DataError(f"data.target is not set: name the column to predict; available: {cols[:30]}")
+        if "data.target" not in named: raise DataError(f"data.target is not set: name the column to predict; available: "
+                                                       f"{cols[:30]}")
     if cols is not None: check_named_columns(cols, named)
     return cols
 
@@ -329,14 +333,16 @@ def split_data(df:pd.DataFrame, # the data, target included
     if not 0 < test_size < 1: raise DataError(f"test_size must be between 0 and 1 (a fraction), got {test_size}")
     if time_column is not None:
         if time_column not in df.columns:
-            raise DataError(f"time_column '{time_column}' not in the data{did_you_mean(time_column, map(str, df.columns))}")
+            raise DataError(f"time_column '{time_column}' not in the "
+                            f"data{did_you_mean(time_column, map(str, df.columns))}")
         ordered = df.sort_values(time_column, kind="mergesort")
         n_test = max(1, math.ceil(len(df) * test_size))
         return ordered.iloc[:-n_test], ordered.iloc[-n_test:]
     strat = df[target] if task in ("binary", "multiclass") else None
     try: return tuple(train_test_split(df, test_size=test_size, random_state=seed, stratify=strat))
     except ValueError as e:
-        raise DataError(f"cannot split {len(df)} rows with test_size={test_size}: {e}; use more data or a larger test_size") from None
+        raise DataError(f"cannot split {len(df)} rows with test_size={test_size}: {e}; use more data or a larger "
+                        f"test_size") from None
 
 # %% ../nbs/02_data.ipynb #286a78b3
 def write_frame(df:pd.DataFrame, path:str|Path) -> Path:

@@ -24,56 +24,65 @@ class EvalDataParams(Section):
                                                 "null = the challenger run's data.source")
     target: str|None = Field(None, description="target column; null = the challenger run's target")
     n_rows: int|None = Field(None, gt=0, description="rows to load or generate; null = as the challenger run")
-    seed: int|None = Field(None, description="seed of the generator and of the holdout split; null = the challenger run's seed "
-                                             "(its exact holdout)")
-    test_size: float|None = Field(None, gt=0, lt=1, description="holdout fraction; null = the challenger run's data.test_size")
-    holdout: bool = Field(True, description="evaluate on the holdout split only (false: every row, for a file kept out of training)")
-    fingerprint: str|None = Field(None, description="expected fingerprint of the evaluation rows; the gate stops if the rebuilt "
-                                                    "data differs (freezes it)")
+    seed: int|None = Field(None, description="seed of the generator and of the holdout split; null = the challenger "
+                                             "run's seed (its exact holdout)")
+    test_size: float|None = Field(None, gt=0, lt=1, description="holdout fraction; null = the challenger run's "
+                                                                "data.test_size")
+    holdout: bool = Field(True, description="evaluate on the holdout split only (false: every row, for a file kept out "
+                                            "of training)")
+    fingerprint: str|None = Field(None, description="expected fingerprint of the evaluation rows; the gate stops if the "
+                                                    "rebuilt data differs (freezes it)")
 
 # %% ../nbs/10_gate.ipynb #e1f0a050
 class BaselineParams(Section):
-    min_skill: float|None = Field(0.1, ge=0, le=1, description="every challenger must beat the best constant prediction on the "
-        "evaluation rows (a scikit-learn Dummy model fitted on them) by this share of the way from it to a perfect score: 0.1 = "
-        "ROC AUC ≥ 0.55, balanced accuracy ≥ 0.55, RMSE ≤ 0.9 × the constant's; null = no baseline check (weaker than the default)")
-    metrics: list[str]|None = Field(None, description="metrics held to it; null = the primary metric, and balanced_accuracy for "
-                                                      "classifiers (a model that predicts one class for everyone fails it)")
+    min_skill: float|None = Field(0.1, ge=0, le=1, description="every challenger must beat the best constant prediction "
+                                                               "on the "
+        "evaluation rows (a scikit-learn Dummy model fitted on them) by this share of the way from it to a perfect "
+        "score: 0.1 = ROC AUC ≥ 0.55, balanced accuracy ≥ 0.55, RMSE ≤ 0.9 × the constant's; null = no baseline check "
+        "(weaker than the default)")
+    metrics: list[str]|None = Field(None, description="metrics held to it; null = the primary metric, and "
+                                                      "balanced_accuracy for classifiers (a model that predicts one "
+                                                      "class for everyone fails it)")
 
 # %% ../nbs/10_gate.ipynb #e1f0a001
 class FairnessParams(Section):
     sensitive: list[str]|None = Field(None, description="sensitive attributes to slice by; null = the challenger run's "
                                                         "data.sensitive; [] = no fairness check")
-    max_gap: dict[str, dict[str, float]]|None = Field(None, description="attribute → metric → largest allowed difference between "
-        "its groups, e.g. {sex: {selection_rate: 0.05}}; attributes not named are reported only; null = the default limit for "
-        "every sensitive attribute (selection_rate 0.1 binary, accuracy 0.1 multiclass, relative_mae 0.25 regression). Metrics: "
-        "accuracy, selection_rate, true_positive_rate, false_positive_rate, precision, recall, f1 (classification); mae, rmse, "
-        "relative_mae, mean_prediction (regression)")
-    min_group_size: int = Field(20, ge=1, description="groups with fewer evaluation rows are shown but not held to max_gap")
+    max_gap: dict[str, dict[str, float]]|None = Field(None, description="attribute → metric → largest allowed "
+                                                                        "difference between "
+        "its groups, e.g. {sex: {selection_rate: 0.05}}; attributes not named are reported only; null = the default "
+        "limit for every sensitive attribute (selection_rate 0.1 binary, accuracy 0.1 multiclass, relative_mae 0.25 "
+        "regression). Metrics: accuracy, selection_rate, true_positive_rate, false_positive_rate, precision, recall, f1 "
+        "(classification); mae, rmse, relative_mae, mean_prediction (regression)")
+    min_group_size: int = Field(20, ge=1, description="groups with fewer evaluation rows are shown but not held to "
+                                                      "max_gap")
 
 # %% ../nbs/10_gate.ipynb #83c6d69e
 class PromoteParams(Section):
-    eval_data: EvalDataParams = Field(default_factory=EvalDataParams, description="the frozen evaluation data both models are "
-                                                                                  "re-scored on")
+    eval_data: EvalDataParams = Field(default_factory=EvalDataParams, description="the frozen evaluation data both "
+                                                                                  "models are re-scored on")
     primary_metric: str|None = Field(None, description="the metric the challenger must improve; null = the task default "
                                                        "(roc_auc, f1_macro, rmse)")
-    min_delta: float = Field(0.0, ge=0, description="required improvement of the primary metric over the champion (in the "
-                                                    "metric's better direction); 0 = at least equal")
+    min_delta: float = Field(0.0, ge=0, description="required improvement of the primary metric over the champion (in "
+                                                    "the metric's better direction); 0 = at least equal")
     guards: dict[str, float] = Field({}, description="metric → largest tolerated regression versus the champion, e.g. "
                                                      "{log_loss: 0.01}")
-    thresholds: dict[str, float] = Field({}, description="metric → absolute floor (or ceiling for lower-is-better metrics) a "
-                                                         "first champion must meet, e.g. {roc_auc: 0.7}")
-    baseline: BaselineParams = Field(default_factory=BaselineParams, description="what every challenger must beat: the best "
-                                                                                 "constant prediction")
-    schema_check: Literal["strict", "subset", "off"] = Field("strict", description="strict: same required input columns and "
+    thresholds: dict[str, float] = Field({}, description="metric → absolute floor (or ceiling for lower-is-better "
+                                                         "metrics) a first champion must meet, e.g. {roc_auc: 0.7}")
+    baseline: BaselineParams = Field(default_factory=BaselineParams, description="what every challenger must beat: the "
+                                                                                 "best constant prediction")
+    schema_check: Literal["strict", "subset", "off"] = Field("strict", description="strict: same required input columns "
+                                                                                   "and "
         "kinds as the champion; subset: the challenger may need fewer columns; off: no check")
-    fairness: FairnessParams = Field(default_factory=FairnessParams, description="group-fairness limits (fairlearn MetricFrame)")
+    fairness: FairnessParams = Field(default_factory=FairnessParams, description="group-fairness limits (fairlearn "
+                                                                                 "MetricFrame)")
 
 # %% ../nbs/10_gate.ipynb #e1f0a002
 class CompareParams(PipelineParams):
     runs_experiment: str|None = Field(None, description="experiment whose runs are compared; null = every experiment "
                                                         "(`experiment` is where this comparison itself is logged)")
-    model_name: str|None = Field(None, description="registered model to show (aliases, history) and to gate dry-run: newest "
-                                                   "version vs champion; null = runs only")
+    model_name: str|None = Field(None, description="registered model to show (aliases, history) and to gate dry-run: "
+                                                   "newest version vs champion; null = runs only")
     sort: str|None = Field(None, description="metric to sort runs by, best first (e.g. roc_auc or test_roc_auc); "
                                              "null = newest first")
     limit: int = Field(20, ge=1, description="at most this many runs")
@@ -107,16 +116,19 @@ def weaker_than_defaults(limits:dict, *, recorded:list[str]) -> list[str]:
     "What the gate `limits` (from `gate_limits`) give up against the defaults for their task and the `recorded` sensitive attributes."
     d, out = gate_limits(_DEFAULTS, task=limits["task"], sensitive=recorded), []
     if limits["baseline_skill"] is None: out.append("no baseline check (baseline.min_skill: null)")
-    elif limits["baseline_skill"] < d["baseline_skill"]: out.append(f"baseline.min_skill {limits['baseline_skill']:g} < {d['baseline_skill']:g}")
+    elif limits["baseline_skill"] < d["baseline_skill"]: out.append(f"baseline.min_skill {limits['baseline_skill']:g} < "
+                                                                    f"{d['baseline_skill']:g}")
     if limits["baseline_skill"] is not None and (gone := [m for m in d["baseline_metrics"] if m not in limits["baseline_metrics"]]):
         out.append(f"baseline not checked on {gone}")
-    if gone := [a for a in recorded if a not in limits["sensitive"]]: out.append(f"no fairness check by {gone} (recorded data.sensitive)")
+    if gone := [a for a in recorded if a not in limits["sensitive"]]: out.append(f"no fairness check by {gone} "
+                                                                                 f"(recorded data.sensitive)")
     for attr in limits["sensitive"]:
         for m, lim in DEFAULT_GAP[limits["task"]].items():
             got = limits["max_gap"].get(attr, {}).get(m)
             if got is None: out.append(f"{m} gap by {attr} not limited (default ≤ {lim:g})")
             elif got > lim: out.append(f"{m} gap by {attr} allowed up to {got:g} (default ≤ {lim:g})")
-    if limits["min_group_size"] > d["min_group_size"]: out.append(f"fairness.min_group_size {limits['min_group_size']} > {d['min_group_size']}")
+    if limits["min_group_size"] > d["min_group_size"]: out.append(f"fairness.min_group_size {limits['min_group_size']} "
+                                                                  f"> {d['min_group_size']}")
     if limits["schema_check"] != d["schema_check"]: out.append(f"schema_check {limits['schema_check']} (default strict)")
     return out
 
@@ -125,12 +137,14 @@ def describe_gate(limits:dict, *, source:str) -> str:
     "The gate configuration applied, in words: where it came from and every limit."
     L, skill = limits, limits["baseline_skill"]
     req = "at least as good as the champion" if L["min_delta"] == 0 else f"better than the champion by ≥ {L['min_delta']:g}"
-    base = (f"{', '.join(L['baseline_metrics'])} close ≥ {skill:.0%} of the gap from the best constant prediction to a perfect "
-            "score" if skill is not None else "none")
+    base = (f"{', '.join(L['baseline_metrics'])} close ≥ {skill:.0%} of the gap from the best constant prediction to a "
+            f"perfect score" if skill is not None else "none")
     fair = "; ".join(f"{', '.join(f'{m} gap ≤ {v:g}' for m, v in g.items())} by {a}" for a, g in L["max_gap"].items() if g)
     reported = [a for a in L["sensitive"] if not L["max_gap"].get(a)]
-    return "\n".join([f"gate configuration: {source}", f"  primary: {L['primary']}, {req}; schema check: {L['schema_check']}",
-                      f"  baseline: {base}", f"  thresholds (first champion): {L['thresholds'] or 'none'}; guards: {L['guards'] or 'none'}",
+    return "\n".join([f"gate configuration: {source}", f"  primary: {L['primary']}, {req}; schema check: "
+                                                       f"{L['schema_check']}",
+                      f"  baseline: {base}", f"  thresholds (first champion): {L['thresholds'] or 'none'}; guards: "
+                                             f"{L['guards'] or 'none'}",
                       f"  fairness: {fair or 'no limit'}" + (f" (groups of ≥ {L['min_group_size']} rows)" if fair else "")
                       + (f"; reported only: {reported}" if reported else "")])
 
@@ -154,7 +168,9 @@ def schema_problems(champion:dict, challenger:dict, mode:str="strict") -> list[s
     if mode == "off": return []
     out = []
     if extra := sorted(set(challenger) - set(champion)): out.append(f"needs columns the champion does not: {extra}")
-    if mode == "strict" and (missing := sorted(set(champion) - set(challenger))): out.append(f"drops columns the champion needs: {missing}")
+    if mode == "strict" and (missing := sorted(set(champion) - set(challenger))): out.append(f"drops columns the "
+                                                                                             f"champion needs: "
+                                                                                             f"{missing}")
     if kinds := [f"{c}: {champion[c]} → {challenger[c]}" for c in sorted(set(champion) & set(challenger)) if champion[c] != challenger[c]]:
         out.append(f"column kinds differ ({', '.join(kinds)})")
     return out
@@ -239,7 +255,8 @@ def check_baseline(m:str, chal:float, base:float, min_skill:float) -> dict:
 def _gap_check(groups:pd.DataFrame, attr:str, m:str, limit:float) -> dict:
     "The check that metric `m` differs by at most `limit` between the `groups` (rows of the fairness table) of `attr`."
     if len(groups) < 2:
-        return _row("fairness", f"{m} gap by {attr}", 0.0, None, f"≤ {limit:g}", True, f"fewer than two {attr} groups large enough to compare")
+        return _row("fairness", f"{m} gap by {attr}", 0.0, None, f"≤ {limit:g}", True, f"fewer than two {attr} groups "
+                                                                                       f"large enough to compare")
     hi, lo = groups.loc[groups[m].idxmax()], groups.loc[groups[m].idxmin()]
     gap = float(hi[m] - lo[m])
     return _row("fairness", f"{m} gap by {attr}", gap, None, f"≤ {limit:g}", gap <= limit,
@@ -252,8 +269,9 @@ def format_verdict(v:GateVerdict) -> str:
     e, c = v.eval, v.config
     lines = [describe_gate(c["limits"], source=c["source"])] if c else []
     if c.get("weaker"): lines.append("warning: this gate is weaker than its defaults: " + "; ".join(c["weaker"]))
-    lines += [f"gate: {v.name} v{v.challenger} (challenger) vs {('v' + v.champion) if v.champion else 'no champion'} — {v.task}, "
-              f"primary {v.primary}", f"evaluation data: {e.get('source')} rows={e.get('rows')} seed={e.get('seed')}"
+    lines += [f"gate: {v.name} v{v.challenger} (challenger) vs {('v' + v.champion) if v.champion else 'no champion'} — "
+              f"{v.task}, primary {v.primary}", f"evaluation data: {e.get('source')} rows={e.get('rows')} "
+                                                f"seed={e.get('seed')}"
               f"{' holdout' if e.get('holdout') else ''}, fingerprint {e.get('fingerprint')}",
               v.table().drop(columns="detail").to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="")]
     if v.fairness is not None and len(v.fairness):

@@ -18,7 +18,7 @@ __all__ = ['choose_challenger', 'pick_challenger', 'dry_run', 'Promotion', 'prom
 
 # %% ../nbs/10c_promote.ipynb #6ff9683e
 def choose_challenger(name:str, *, version=None, run_id=None) -> str|None:
-    "The challenger version of `name`, changing nothing: `version`, the newest holding `run_id`'s model (None: not registered), or the newest."
+    "The version of `name` the gate would judge, changing nothing: `version`, `run_id`'s (None: not registered) or the newest."
     if version is not None and run_id is not None: raise GateError("give either a version or a run, not both")
     if run_id is not None:
         reg.find_run(run_id)
@@ -43,7 +43,7 @@ def pick_challenger(name:str, *, version=None, run_id=None) -> str:
 
 # %% ../nbs/10c_promote.ipynb #e1f0a023
 def dry_run(name:str, *, params:PromoteParams|None=None, version=None) -> GateVerdict|None:
-    "The verdict the gate would give the newest version (or `version`) of `name` against its champion, moving and recording nothing; None when it already is the champion."
+    "The gate's verdict on the newest version (or `version`) of `name`, moving and recording nothing; None if it is the champion."
     challenger = choose_challenger(name, version=version)
     champion = getattr(reg.get_alias(name, "champion"), "version", None)
     if champion is not None and str(champion) == challenger: return None
@@ -69,22 +69,22 @@ def promote_version(name:str, *, version=None, run_id=None, params:PromoteParams
     "Gate the challenger against the champion of `name` and move `champion` if it passes (or `force`); records the decision."
     if force and not (reason and reason.strip()):
         raise GateError("--force needs --reason TEXT: an override of the gate must say why (it is recorded in the history)")
-    params = params or PromoteParams()
     challenger = pick_challenger(name, version=version, run_id=run_id)
-    loaded = {}                                         # each version is loaded once, even when the champion moves meanwhile
+    loaded = {}                             # each version is loaded once, even when the champion moves meanwhile
     for _ in range(attempts):
         aliases = _aliases(name)
         current = aliases.get("champion")
         if current == challenger:
-            raise RegistryError(f"'{name}' v{challenger} already is the champion; nothing to promote (train a new version, or "
-                                f"`mlkit rollback {name}`)")
+            raise RegistryError(f"'{name}' v{challenger} already is the champion; nothing to promote (train a new "
+                                f"version, or `mlkit rollback {name}`)")
         chal, champ = (_loaded(loaded, name, x) for x in (challenger, current))
         v = evaluate_gate(name, chal, params, champion=champ, where=where)
-        if aliases.get("challenger") != challenger: reg.get_client().set_registered_model_alias(name, "challenger", challenger)
+        if aliases.get("challenger") != challenger:
+            reg.get_client().set_registered_model_alias(name, "challenger", challenger)
         action = "promote" if v.passed else "force" if force else "refused"
         try: entry = _record(name, v, action, current, reason); break
         except reg.ChampionChanged: continue
-    else: raise RegistryError(f"champion of '{name}' kept moving during {attempts} evaluations; retry when other promotions have finished")
+    else: raise RegistryError(f"champion of '{name}' kept moving during {attempts} evaluations; retry when the others finish")
     if action != "refused" and _aliases(name).get("challenger") == challenger:
         reg.get_client().delete_registered_model_alias(name, "challenger")
     _card(name, v, entry)
@@ -132,9 +132,11 @@ def format_promotion(p:Promotion) -> str:
     if p.promoted:
         head = "PROMOTED BY OVERRIDE" if e["action"] == "force" else "PROMOTED"
         frm = f"v{e['from_version']}" if e["from_version"] else "(none)"
-        return f"{head}: {name} champion {frm} → v{e['to_version']}" + (f" (gate failed; reason: {e['reason']})" if e["action"] == "force" else "")
+        why = f" (gate failed; reason: {e['reason']})" if e["action"] == "force" else ""
+        return f"{head}: {name} champion {frm} → v{e['to_version']}{why}"
     champ = f"champion stays v{e['to_version']}" if e["to_version"] else "there is no champion yet"
-    return "\n".join([f"REFUSED: {name} v{p.verdict.challenger} stays challenger; {champ}", *(f"  - {f}" for f in p.verdict.failures())])
+    return "\n".join([f"REFUSED: {name} v{p.verdict.challenger} stays challenger; {champ}",
+                      *(f"  - {f}" for f in p.verdict.failures())])
 
 # %% ../nbs/10c_promote.ipynb #e1f0a032
 def format_history(name:str) -> str:
@@ -147,7 +149,8 @@ def format_history(name:str) -> str:
 def cli_promote(args) -> int:
     "`mlkit promote MODEL [--version V | --run RUN] [-p promote.yaml] [--force --reason TEXT]`: 0 promoted, 1 refused."
     params, where = gate_params(path=getattr(args, "params", None), sets=getattr(args, "set", None))
-    p = promote_version(args.model, version=args.version, run_id=args.run, params=params, force=args.force, reason=args.reason, where=where)
+    p = promote_version(args.model, version=args.version, run_id=args.run, params=params, force=args.force,
+                        reason=args.reason, where=where)
     print(format_verdict(p.verdict))
     print(format_promotion(p))
     return 0 if p.promoted else 1

@@ -8,6 +8,7 @@ import json, math
 from dataclasses import dataclass
 import numpy as np, pandas as pd
 from .core import GateError, did_you_mean
+from .checks import input_columns
 from .data import default_target, fingerprint_frame, load_data, split_data
 from .evaluate import compute_metrics
 from .gate import (FAIRNESS_METRICS, GateVerdict, PromoteParams, _check_metrics, _gap_check, _row, check_baseline,
@@ -29,15 +30,17 @@ def eval_recipe(params:PromoteParams, run) -> dict:
     "The evaluation-data recipe: gate parameters first, the challenger `run`'s training recipe for what they leave open."
     e = params.eval_data
     source = e.source or _param(run, "data.source")
-    if source is None: raise GateError(f"run {run.info.run_id} logged no data.source, so the gate cannot rebuild its evaluation "
-                                       "data; set eval_data.source in the gate params")
+    if source is None: raise GateError(f"run {run.info.run_id} logged no data.source, so the gate cannot rebuild its "
+                                       f"evaluation data; set eval_data.source in the gate params")
     n, run_n = e.n_rows or _param(run, "data.n_rows"), _param(run, "data.n_rows")
     r = {"source": source, "n_rows": int(n) if n else None, "seed": e.seed if e.seed is not None else int(_param(run, "seed", 0)),
          "test_size": e.test_size or float(_param(run, "data.test_size", 0.2)), "holdout": e.holdout,
          "target": e.target or _param(run, "data.target") or run.data.tags.get("mlkit.target") or default_target(source),
          "drop_columns": json.loads(_param(run, "data.drop_columns", "[]")), "time_column": _param(run, "data.time_column"),
-         "param": "eval_data.source" if e.source else f"the data.source of run {run.info.run_id} (or set eval_data.source)"}
-    if r["target"] is None: raise GateError(f"cannot tell the target column of '{source}'; set eval_data.target in the gate params")
+         "param": "eval_data.source" if e.source else f"the data.source of run {run.info.run_id} (or set "
+                                                      f"eval_data.source)"}
+    if r["target"] is None: raise GateError(f"cannot tell the target column of '{source}'; set eval_data.target in the "
+                                            f"gate params")
     r["same_as_run"] = (source, r["n_rows"], r["seed"]) == (_param(run, "data.source"), int(run_n) if run_n else None,
                                                             int(_param(run, "seed", 0)))
     return r
@@ -48,12 +51,12 @@ def build_eval_data(recipe:dict, *, task:str, run=None) -> tuple[pd.DataFrame, s
     df = load_data(recipe["source"], n_rows=recipe["n_rows"], seed=recipe["seed"], param=recipe.get("param", "eval_data.source"))
     t = recipe["target"]      # drop_columns stay: another model may need them
     if t not in df.columns:
-        raise GateError(f"evaluation data '{recipe['source']}' has no target column '{t}'{did_you_mean(t, map(str, df.columns))}; "
-                        "set eval_data.target")
+        raise GateError(f"evaluation data '{recipe['source']}' has no target column "
+                        f"'{t}'{did_you_mean(t, map(str, df.columns))}; set eval_data.target")
     fp = run.data.tags.get("mlkit.data_fingerprint") if run is not None and recipe.get("same_as_run") else None
     if fp and fp != (got := fingerprint_frame(df.drop(columns=recipe["drop_columns"], errors="ignore"))):
-        raise GateError(f"rebuilt data of run {run.info.run_id} has fingerprint {got}, the run recorded {fp}: the source changed "
-                        "since training; set eval_data.source/seed to a data set you trust")
+        raise GateError(f"rebuilt data of run {run.info.run_id} has fingerprint {got}, the run recorded {fp}: the "
+                        f"source changed since training; set eval_data.source/seed to a data set you trust")
     if recipe["holdout"]:
         df = split_data(df, target=t, test_size=recipe["test_size"], seed=recipe["seed"], task=task, time_column=recipe["time_column"])[1]
     return df, fingerprint_frame(df)
@@ -72,9 +75,7 @@ class Candidate:
 # %% ../nbs/10b_rescore.ipynb #e1f0a004
 def required_inputs(schema:dict|None, signature:dict|None=None) -> dict[str, str]:
     "Input column → kind the model needs, from its mlkit schema (else its MLflow signature)."
-    if schema and schema.get("columns"):
-        skip = {schema.get("target"), schema.get("id_column"), schema.get("time_column")}
-        return {c: s.get("kind", "?") for c, s in schema["columns"].items() if c not in skip}
+    if schema and schema.get("columns"): return {c: schema["columns"][c].get("kind", "?") for c in input_columns(schema)}
     if signature and signature.get("inputs"):
         return {c["name"]: c.get("type", "?") for c in json.loads(signature["inputs"]) if "name" in c}
     return {}
@@ -86,7 +87,8 @@ def load_candidate(name:str, version:str|int) -> Candidate:
     mv = reg.find_version(name, version)
     uri = f"models:/{name}/{mv.version}"
     meta = load_model_meta(uri)
-    if not meta.get("task"): raise GateError(f"'{name}' v{mv.version} has no mlkit task metadata; log it with mlkit.tracking.log_model")
+    if not meta.get("task"): raise GateError(f"'{name}' v{mv.version} has no mlkit task metadata; log it with "
+                                             f"mlkit.tracking.log_model")
     return Candidate(name, str(mv.version), mv.run_id, meta["task"], load_sklearn_model(uri),
                      required_inputs(meta.get("schema"), meta.get("signature")))
 
@@ -118,7 +120,8 @@ def fairness_slices(model, frame:pd.DataFrame, *, target:str, task:str, sensitiv
     rows, gaps = [], {}
     for attr in sensitive:
         if attr not in frame.columns: raise GateError(f"sensitive attribute '{attr}' is not in the evaluation data"
-                                                      f"{did_you_mean(attr, map(str, frame.columns))}; fix fairness.sensitive")
+                                                      f"{did_you_mean(attr, map(str, frame.columns))}; fix "
+                                                      f"fairness.sensitive")
         mf = MetricFrame(metrics={**fns, "n": count}, y_true=y, y_pred=p, sensitive_features=frame[attr].astype(str).to_numpy())
         rows.append(mf.by_group.reset_index().rename(columns={"sensitive_feature_0": "group"}).assign(attribute=attr))
         gaps[attr] = {k: float(v) for k, v in mf.difference().items() if k != "n"}
@@ -137,7 +140,8 @@ def baseline_scores(frame:pd.DataFrame, *, target:str, task:str, X:pd.DataFrame|
 def _inputs(c:Candidate, frame:pd.DataFrame, target:str) -> pd.DataFrame:
     "The columns of `frame` candidate `c` takes; GateError when the frame lacks some."
     if missing := sorted(set(c.inputs) - set(frame.columns)):
-        raise GateError(f"the evaluation data lacks columns '{c.name}' v{c.version} needs: {missing}; choose eval_data matching the models")
+        raise GateError(f"the evaluation data lacks columns '{c.name}' v{c.version} needs: {missing}; choose eval_data "
+                        f"matching the models")
     return frame[list(c.inputs)] if c.inputs else frame.drop(columns=[target])
 
 # %% ../nbs/10b_rescore.ipynb #e1f0a070
@@ -176,8 +180,8 @@ def _frozen_data(recipe:dict, *, task:str, run, expected:str|None) -> tuple[pd.D
     "`build_eval_data`, and a GateError when the params froze another fingerprint than the rebuilt rows have."
     frame, fp = build_eval_data(recipe, task=task, run=run)
     if expected and fp != expected:
-        raise GateError(f"evaluation data fingerprint is {fp}, the gate params froze {expected}: the data changed; rebuild it "
-                        "or update eval_data.fingerprint")
+        raise GateError(f"evaluation data fingerprint is {fp}, the gate params froze {expected}: the data changed; "
+                        f"rebuild it or update eval_data.fingerprint")
     return frame, fp
 
 # %% ../nbs/10b_rescore.ipynb #e1f0a071
@@ -204,7 +208,8 @@ def _champion_checks(v:GateVerdict, chal:Candidate, champ:Candidate, frame, targ
     "Schema, primary and guard checks of `chal` against `champ`, added to `v`."
     probs = schema_problems(champ.inputs, chal.inputs, params.schema_check)
     v.checks.append(_row("schema", "inputs", f"{len(chal.inputs)} columns", f"{len(champ.inputs)} columns", params.schema_check,
-                         not probs, "incompatible inputs: " + "; ".join(probs) if probs else "same required input columns and kinds"))
+                         not probs, "incompatible inputs: " + "; ".join(probs) if probs else "same required input "
+                                                                                             "columns and kinds"))
     mc, mo = v.metrics["challenger"], _score(champ, frame, target)
     v.metrics["champion"] = mo
     for m in [v.primary, *params.guards]:
@@ -219,7 +224,8 @@ def _first_champion_checks(v:GateVerdict, params:PromoteParams) -> None:
     "The absolute thresholds a first champion must meet, added to `v` (a note when nothing at all is checked)."
     mc = v.metrics["challenger"]
     for m in params.thresholds:
-        if m not in mc: raise GateError(f"metric '{m}' could not be computed for '{v.name}' v{v.challenger}; available: {sorted(mc)}")
+        if m not in mc: raise GateError(f"metric '{m}' could not be computed for '{v.name}' v{v.challenger}; available: "
+                                        f"{sorted(mc)}")
     v.checks += [check_threshold(m, mc[m], b) for m, b in params.thresholds.items()]
     if not v.checks:
         v.checks.append(_row("threshold", v.primary, mc.get(v.primary), None, "none set", True,

@@ -40,7 +40,8 @@ def runs_frame(experiment:str|None=None, *, sort:str|None=None, limit:int=20, ma
         raise GateError(f"--limit must be a whole number of runs ≥ 1, got {limit!r}; e.g. --limit 20")
     client = reg.get_client()
     exps = {e.experiment_id: e.name for e in _experiments(client, experiment)}
-    runs = [r for r in client.search_runs(list(exps), max_results=max(limit * 5, 100), order_by=["attributes.start_time DESC"])
+    runs = [r for r in client.search_runs(list(exps), max_results=max(limit * 5, 100), order_by=["attributes.start_time "
+                                                                                                 "DESC"])
             if r.data.tags.get("mlkit.pipeline") not in exclude_pipelines]
     if not runs: return pd.DataFrame(columns=["run", "run_id", "experiment", "status", "pipeline", "data", "commit"])
     differ = _differing_params(runs)
@@ -50,7 +51,8 @@ def runs_frame(experiment:str|None=None, *, sort:str|None=None, limit:int=20, ma
     if sort:
         col = sort if sort in df.columns else f"test_{sort}"
         if col not in df.columns or col not in mcols:
-            raise GateError(f"cannot sort by '{sort}': no run has that metric{did_you_mean(col, mcols)}; metrics: {mcols}")
+            raise GateError(f"cannot sort by '{sort}': no run has that metric{did_you_mean(col, mcols)}; metrics: "
+                            f"{mcols}")
         df = df.sort_values(col, ascending=metric_direction(col) == "minimize", na_position="last", kind="stable")
     keep = mcols[:max_metrics] + ([col] if sort and col not in mcols[:max_metrics] else [])
     return df.drop(columns=[c for c in mcols if c not in keep]).head(limit).reset_index(drop=True)
@@ -83,7 +85,8 @@ def plot_runs(frame:pd.DataFrame, *, metrics:list[str]|None=None, path:str|Path|
     if "matplotlib.pyplot" not in sys.modules: matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     metrics = metrics or [c for c in frame.columns if c.startswith("test_")][:4]
-    if not metrics or frame.empty: raise GateError("no run with test metrics to plot; train a model first (`mlkit run train`)")
+    if not metrics or frame.empty: raise GateError("no run with test metrics to plot; train a model first (`mlkit run "
+                                                   "train`)")
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.45 * len(frame) + 1.6), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         vals = frame[m].astype(float)
@@ -103,7 +106,8 @@ def _save_figure(fig, path) -> None:
         fig.savefig(path, dpi=100)
     except (OSError, ValueError) as e:
         plt.close(fig)
-        raise GateError(f"cannot write the plot to '{path}': {getattr(e, 'strerror', None) or e}; choose a writable .png path") from None
+        raise GateError(f"cannot write the plot to '{path}': {getattr(e, 'strerror', None) or e}; choose a writable "
+                        f".png path") from None
 
 # %% ../nbs/10a_runs.ipynb #a0a1e013
 def format_runs(frame:pd.DataFrame) -> str:
