@@ -47,20 +47,20 @@ COMMANDS = {
         _PARAMS, _SET, _EXPERIMENT,
         (("--workers",), dict(type=int, default=None, help="parallel worker processes (default: 1)")),
         schema="tune", flags=("search.n_trials", "search.timeout", "search.storage")),
-    "runs": _cmd("mlkit.gate:cli_runs", "compare runs: status, pipeline, metrics, the params that differ, data fingerprint, commit",
+    "runs": _cmd("mlkit.runs:cli_runs", "compare runs: status, pipeline, metrics, the params that differ, data fingerprint, commit",
         (("--experiment",), dict(default=None, help="experiment name (default: all mlkit experiments)")),
         (("--sort",), dict(metavar="METRIC", help="sort by this metric (best first)")),
         (("--limit",), dict(type=int, default=20, help="at most this many runs (default: 20)")),
         (("--plot",), dict(metavar="FILE.png", help="also write a comparison plot"))),
-    "promote": _cmd("mlkit.gate:cli_promote", "gate a challenger against the champion and move `champion` if it passes",
+    "promote": _cmd("mlkit.promote:cli_promote", "gate a challenger against the champion and move `champion` if it passes",
         (("model",), dict(help="registered model name")),
         (("--version",), dict(help="challenger version (default: the newest)")), (("--run",), dict(help="challenger run id (its model is registered)")),
         _PARAMS, _SET,
         (("--force",), dict(action="store_true", help="promote even if the gate fails (needs --reason; recorded as an override)")),
         (("--reason",), dict(help="why (required with --force)"))),
-    "rollback": _cmd("mlkit.gate:cli_rollback", "restore the previous champion",
+    "rollback": _cmd("mlkit.promote:cli_rollback", "restore the previous champion",
         (("model",), dict(help="registered model name")), (("--reason",), dict(help="why (recorded in the history)"))),
-    "history": _cmd("mlkit.gate:cli_history", "show every alias move of a registered model", (("model",), dict(help="registered model name"))),
+    "history": _cmd("mlkit.promote:cli_history", "show every alias move of a registered model", (("model",), dict(help="registered model name"))),
     "serve": _cmd("mlkit.commands:cli_serve", "serve a model over HTTP (MLflow's /invocations, the V2 protocol, /predict, /metrics, ...)",
         options="mlkit.params:ServeParams"),
     "score": _cmd("mlkit.commands:cli_score", "batch-score a CSV/Parquet file in bounded memory", options="mlkit.params:ScoreParams"),
@@ -97,7 +97,9 @@ def _option_args(name:str, f) -> tuple:
     if ann is bool: kw |= dict(action="store_const", const=True)
     elif get_origin(ann) is Literal: kw |= dict(choices=list(args))
     elif any(get_origin(a) is list for a in (ann, *args)): kw |= dict(action="append", metavar=name.upper())
-    else: kw |= dict(metavar=name.upper(), required=f.is_required())
+    else:
+        num = next((t for t in (int, float) if ann is t or t in args), None)   # argparse types numbers, pydantic checks their limits
+        kw |= dict(metavar=name.upper(), required=f.is_required(), **({"type": num} if num else {}))
     return ("--" + name.replace("_", "-"),), kw
 
 def _option_schema(path:str):

@@ -27,11 +27,23 @@ class DataParams(Section):
     target: str | None = Field(None, description="target column; default: the dataset's own target ('default' for mlkit:credit, 'target' for sklearn:*)")
     task: Literal["auto", "binary", "multiclass", "regression"] = Field("auto", description="'auto' infers it from the target")
     n_rows: int | None = Field(None, gt=0, description="rows to generate (bundled data) or to keep (files); null = all")
-    id_column: str | None = Field(None, description="row identifier, never used as a feature")
+    id_column: str | None = Field(None, description="row identifier, never used as a feature; null = the first complete, unique "
+                                  "column named like an id ('id', 'customer_id', 'PassengerId', ...). Other columns that look like "
+                                  "identifiers (unique text such as names, UUIDs, e-mail addresses, row numbers, free text) are left "
+                                  "out of the features with a printed note")
+    keep_columns: list[str] = Field([], description="columns kept as features even though they look like identifiers")
     time_column: str | None = Field(None, description="when set, the test split is the latest rows by this column")
-    drop_columns: list[str] = Field([], description="columns to ignore")
+    drop_columns: list[str] = Field([], description="columns to ignore (e.g. one derived from the target: a leak)")
     sensitive: list[str] = Field([], description="sensitive attributes, reported in fairness slices (kept as features unless dropped)")
     test_size: float = Field(0.2, gt=0, lt=1, description="holdout fraction")
+
+    @model_validator(mode="after")
+    def _check_roles(self):
+        for key in ("id_column", "time_column", "keep_columns"):
+            names = getattr(self, key)
+            if both := [c for c in ([names] if isinstance(names, str) else names or []) if c in self.drop_columns]:
+                raise ValueError(f"data.{key} uses {both}, which data.drop_columns removes; remove it from one of them")
+        return self
 
 # %% ../nbs/01_config.ipynb #8dd1caed
 class StepParams(Section):

@@ -1,6 +1,6 @@
 """Data, features and models at the library level: loading, the bundled generator, checks of bad input, schemas and validation,
 quality reports, splits, and the preprocessing/model factory on pandas 3 dtypes. Everything is generated with fixed seeds."""
-import gzip, json, re, time
+import gzip, json, os, re
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 
 from mlkit.core import ConfigError, DataError, ModelError
-from mlkit.data import (SHIFTS, check_training_data, fingerprint_frame, infer_schema, infer_task, load_data, make_credit_data,
-                        quality_report, split_data, validate_frame)
+from mlkit.config import DataParams, TrainParams
+from mlkit.data import (CREDIT_COLUMNS, SHIFTS, fingerprint_frame, infer_task, load_data, make_credit_data, named_columns,
+                        precheck_data, split_data)
+from mlkit.checks import check_training_data, find_id_columns, infer_schema, quality_report, validate_frame, warn_leaks
 from mlkit.features import feature_columns, make_preprocessor
 from mlkit.models import make_estimator, make_model
 
@@ -44,16 +46,6 @@ def test_credit_is_realistic(credit):
     assert credit["id"].is_unique and credit["application_date"].is_monotonic_increasing
     assert set(credit["sex"]) == {"F", "M"} and credit["age_group"].nunique() == 5
     assert credit["purpose"].nunique() == 6 and credit["region"].nunique() == 8
-
-
-def test_credit_builds_fast():
-    make_credit_data(100)
-    best = min(_timed(lambda: make_credit_data(5000, seed=s)) for s in range(3))
-    assert best < 0.5, f"5000 rows took {best:.3f}s"
-
-
-def _timed(f):
-    t = time.perf_counter(); f(); return time.perf_counter() - t
 
 
 def test_shifts_move_what_they_should():
@@ -340,3 +332,222 @@ def test_model_round_trips_through_skops(schema, credit):
     assert all(t.startswith(("sklearn.", "numpy.", "mlkit.")) for t in untrusted), untrusted
     back = sio.loads(blob, trusted=untrusted)
     np.testing.assert_array_equal(back.predict_proba(credit.head(100)), model.predict_proba(credit.head(100)))
+
+
+# ---------------------------------------------------------------- a new user's own table (issues 11.2, 11.3, 15.9–15.11)
+def _passengers(n=600, seed=0):
+    "Shaped like the Titanic table: an integer id, a name unique per row, shared ticket codes, a cabin mostly missing, a target."
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["male", "female"], n)
+    fare = rng.gamma(2, 15, n).round(4)
+    return pd.DataFrame({"PassengerId": np.arange(1, n + 1), "Pclass": rng.integers(1, 4, n),
+                         "Name": [f"{rng.choice(['Smith', 'Brown', 'Kelly'])}, {'Mr.' if s == 'male' else 'Mrs.'} Person {i}"
+                                  for i, s in enumerate(sex)],
+                         "Sex": sex, "Age": np.where(rng.random(n) < 0.2, np.nan, rng.normal(30, 12, n).round()),
+                         "Ticket": [f"PC {t}" for t in rng.integers(1000, 1400, n)], "Fare": fare,
+                         "Cabin": np.where(rng.random(n) < 0.75, None, [f"C{k}" for k in rng.integers(1, 150, n)]),
+                         "Survived": (rng.random(n) < np.where(sex == "female", 0.7, 0.2)).astype(int)})
+
+
+def test_a_name_unique_per_row_is_left_out_with_a_note(capsys):
+    "11.2: with minimal params a passenger's name became a feature with one category per row, required by serving."
+    from mlkit.features import feature_columns
+    from mlkit.gate import required_inputs
+    df = _passengers()
+    schema = infer_schema(df, target="Survived")
+    assert schema["id_column"] == "PassengerId"
+    assert list(schema["excluded"]) == ["Name"] and "Name" not in schema["columns"]
+    assert schema["excluded"]["Name"] == "text unique in 600 of 600 rows"
+    out = capsys.readouterr().out
+    assert "note: leaving column 'Name' out of the features: it looks like an identifier" in out
+    assert "data.keep_columns" in out and "data.id_column: Name" in out
+    assert "Name" not in required_inputs(schema) and "PassengerId" not in required_inputs(schema)
+    num, cat = feature_columns(schema)
+    assert "Name" not in cat and {"Fare", "Age", "Pclass"} <= set(num) and {"Sex", "Ticket", "Cabin"} <= set(cat)
+    model = make_model(schema, model={"estimator": "logistic_regression"}, seed=0).fit(df, df["Survived"])
+    assert len(model.predict(df.drop(columns=["Name", "PassengerId"]).head(5))) == 5   # serving needs no name
+    kept = infer_schema(df, target="Survived", keep=["Name"], quiet=True)
+    assert "Name" in kept["columns"] and kept["excluded"] == {}
+    assert capsys.readouterr().out == ""                                                     # quiet, and nothing to say
+
+
+@pytest.mark.parametrize("column, values, reason", [
+    ("token", lambda n, r: [f"{r.integers(1 << 62):016x}{r.integers(1 << 62):016x}" for _ in range(n)], "hex digests"),
+    ("session", lambda n, r: [f"{r.integers(1 << 31):08x}-4a1b-4c2d-8e3f-{r.integers(1 << 47):012x}" for _ in range(n)], "UUIDs"),
+    ("contact", lambda n, r: [f"user{i}@example.org" for i in range(n)], "e-mail addresses"),
+    ("homepage", lambda n, r: [f"https://example.org/u/{i}" for i in range(n)], "URLs"),
+    ("Unnamed: 0", lambda n, r: np.arange(n), "unique integers named like an id"),
+    ("row", lambda n, r: np.arange(1, n + 1), "the row number (1…300 in order)"),
+    ("comment", lambda n, r: [f"the customer called {i} times about the late delivery of order {r.integers(99999)}" for i in range(n)],
+     "text unique in 300 of 300 rows"),
+    ("notes", lambda n, r: [f"called about a late delivery number {i // 2}" for i in range(n)],
+     "free text, about 7 words a value, 150 distinct in 300 rows"),
+])
+def test_identifier_formats_are_recognised(column, values, reason):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=300), column: values(300, rng), "y": rng.integers(0, 2, 300)})
+    found = find_id_columns(df, exclude=("y",))
+    assert list(found) == [column] and found[column].startswith(reason), found
+
+
+@pytest.mark.parametrize("column, values", [
+    ("income", lambda n, r: r.lognormal(10, 0.5, n)),                       # unique floats are measurements
+    ("city", lambda n, r: r.choice(["Oslo", "Lima", "Pune", "Nice"], n)),   # text that repeats is a category
+    ("store_id", lambda n, r: r.integers(1, 40, n)),                        # a non-unique id-named integer is a category
+    ("year", lambda n, r: np.arange(n) + 1900),                             # consecutive, not a row number
+    ("ticket", lambda n, r: [f"PC {t}" for t in r.integers(1000, 1200, n)]), # shared codes
+    ("flag", lambda n, r: r.random(n) < 0.5),
+    ("when", lambda n, r: pd.date_range("2024-01-01", periods=n, freq="h")),
+])
+def test_real_features_are_not_identifiers(column, values):
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({column: values(300, rng), "y": rng.integers(0, 2, 300)})
+    assert find_id_columns(df, exclude=("y",)) == {}
+
+
+def test_a_small_tables_text_is_a_category():
+    df = pd.DataFrame({"colour": ["red", "green", "blue", "teal", "pink", "gold", "grey", "plum", "navy", "rose",
+                                  "mint", "sand", "ruby", "jade", "onyx"], "y": [0, 1] * 7 + [0]})
+    assert infer_schema(df, target="y", quiet=True)["excluded"] == {}
+
+
+def test_data_params_keep_columns_and_roles():
+    assert TrainParams(data={"keep_columns": ["Name"]}).data.keep_columns == ["Name"]
+    with pytest.raises(ValueError, match=r"data.id_column uses \['id'\], which data.drop_columns removes"):
+        DataParams(id_column="id", drop_columns=["id"])
+    with pytest.raises(ValueError, match=r"data.keep_columns uses \['Name'\]"):
+        DataParams(keep_columns=["Name"], drop_columns=["Name"])
+
+
+def _houses(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"area": rng.gamma(4, 30, n), "rooms": rng.integers(1, 7, n), "city": rng.choice(list("abcdef"), n)})
+    df["price"] = 1000 * df.area * (1 + 0.2 * (df.city == "a")) + rng.normal(0, 20_000, n)
+    return df
+
+
+def test_a_feature_derived_from_the_target_is_warned_about(capsys):
+    "11.3: log(target) as a feature gave R² 0.998 with no word."
+    df = _houses().assign(log_price=lambda d: np.log(d.price.clip(1000)))
+    train, _ = split_data(df, target="price", task="regression", seed=0)
+    found = warn_leaks(train, target="price", task="regression")
+    assert [f["column"] for f in found] == ["log_price"] and found[0]["metric"] == "r2" and found[0]["score"] > 0.98
+    out = capsys.readouterr().out
+    assert "warning: column 'log_price' alone predicts the target 'price' almost perfectly (r2 0." in out
+    assert "add it to data.drop_columns" in out
+    cls = _passengers().assign(rescued=lambda d: d.Survived.map({0: "no", 1: "yes"}))   # the outcome, recorded as text
+    assert [f["column"] for f in warn_leaks(cls, target="Survived", task="binary", quiet=True)] == ["rescued"]
+    iris = load_data("sklearn:iris").assign(label=lambda d: d.target.map({0: "a", 1: "b", 2: "c"}))
+    assert [f["column"] for f in warn_leaks(iris, target="target", task="multiclass", quiet=True)] == ["label"]
+
+
+@pytest.mark.parametrize("source, task", [("sklearn:breast_cancer", "binary"), ("sklearn:iris", "multiclass"),
+                                          ("sklearn:diabetes", "regression"), ("sklearn:wine", "multiclass")])
+def test_strong_honest_features_are_not_leaks(source, task):
+    assert warn_leaks(load_data(source), target="target", task=task, quiet=True) == []
+
+
+def test_honest_demo_and_house_data_have_no_leak(credit):
+    assert warn_leaks(credit, target="default", task="binary", quiet=True) == []
+    assert warn_leaks(_houses(), target="price", task="regression", quiet=True) == []
+
+
+def test_columns_the_params_name_must_exist(credit):
+    "15.9: a data.sensitive column that does not exist trained and registered, failing only at the gate."
+    p = TrainParams(data={"sensitive": ["gender"], "id_column": "id"})
+    with pytest.raises(DataError, match=r"data.sensitive 'gender' is not a column of the data; available: \['id', 'application_date'"):
+        check_training_data(credit, "default", named=named_columns(p))
+    with pytest.raises(DataError, match=r"data.sensitive 'sx' is not a column of the data — did you mean 'sex'\?"):
+        check_training_data(credit, "default", named=named_columns(TrainParams(data={"sensitive": ["sx"]})))
+    for data, features, match in [
+        ({"id_column": "idd"}, {}, r"data.id_column 'idd' is not a column of the data — did you mean 'id'\?"),
+        ({"time_column": "date"}, {}, r"data.time_column 'date' is not a column"),
+        ({"keep_columns": ["nmae"]}, {}, r"data.keep_columns 'nmae' is not a column"),
+        ({}, {"numeric": ["age", "incme"]}, r"features.numeric names column\(s\) not in the data: \['incme'\] — did you mean 'income'"),
+        ({}, {"categorical": ["regon"]}, r"features.categorical 'regon' is not a column of the data — did you mean 'region'"),
+        ({"drop_columns": ["region"]}, {"categorical": ["region"]}, r"features.categorical uses \['region'\], which data.drop_columns removes"),
+    ]:
+        with pytest.raises(DataError, match=match):
+            check_training_data(credit, "default", named=named_columns(TrainParams(data=data, features=features)))
+    check_training_data(credit, "default", named=named_columns(TrainParams(data={"sensitive": ["sex"], "drop_columns": ["sex"]})))
+
+
+def test_a_bad_drop_columns_entry_is_a_data_error(credit):
+    "15.10: a bad drop_columns entry gave a raw pandas KeyError."
+    named = named_columns(TrainParams(data={"drop_columns": ["application_dat"]}))
+    with pytest.raises(DataError, match=r"data.drop_columns 'application_dat' is not a column of the data — did you mean 'application_date'"):
+        check_training_data(credit, "default", named=named)
+    with pytest.raises(DataError, match=r"data.drop_columns"):
+        precheck_data("mlkit:credit", named=named)
+
+
+def test_errors_name_the_parameter_that_was_used(tmp_path, monkeypatch):
+    "15.10: a bad eval_data.source or a missing --labels file both said 'check data.source'."
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"data file not found: .*eval.csv; check eval_data.source"):
+        load_data("eval.csv", param="eval_data.source")
+    with pytest.raises(DataError, match=r"data file not found: .*labels.csv; check --labels"):
+        load_data("labels.csv", param="--labels")
+    with pytest.raises(DataError, match=r"^--labels is a folder, not a file"):
+        load_data(tmp_path, param="--labels")
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty \(0 bytes\).*check eval_data.source"):
+        load_data("e.csv", param="eval_data.source")
+    with pytest.raises(DataError, match=r"check data.source"):
+        load_data("eval.csv")
+
+
+def test_precheck_finds_data_errors_from_the_header(tmp_path, credit):
+    "15.11: a missing file, a missing target, a folder or a binary file were found in the kernel's 4th cell, after 14-23 s."
+    credit.head(50).to_csv(tmp_path / "ok.csv", index=False)
+    credit.head(50).to_csv(tmp_path / "ok.csv.gz", index=False, compression="gzip")
+    credit.head(50).to_csv(tmp_path / "ok.tsv", index=False, sep="\t")
+    credit.head(50).to_parquet(tmp_path / "ok.parquet")
+    t = {"data.target": ["default"]}
+    for name in ("ok.csv", "ok.csv.gz", "ok.tsv", "ok.parquet"):
+        assert precheck_data(tmp_path / name, named=t) == list(CREDIT_COLUMNS), name
+    (tmp_path / "head.csv").write_text("a,b,default\n")
+    (tmp_path / "blob.csv").write_bytes(bytes(range(256)) * 40)
+    (tmp_path / "latin.csv").write_bytes("name,default\nJos\xe9,1\n".encode("latin-1"))
+    (tmp_path / "bad.parquet").write_text("PAR1 nope")
+    (tmp_path / "data.xlsx").write_bytes(b"PK\x03\x04")
+    (tmp_path / "folder").mkdir()
+    for source, named, match in [
+        (tmp_path / "missing.csv", t, r"data file not found: .*missing.csv.*; check data.source"),
+        (tmp_path / "ok.cvs", t, r"did you mean 'ok.csv'"),
+        (tmp_path / "folder", t, r"data.source is a folder, not a file"),
+        (tmp_path / "blob.csv", t, r"looks like a binary file, not CSV text"),
+        (tmp_path / "latin.csv", t, r"is not UTF-8 text"),
+        (tmp_path / "head.csv", t, r"has a header but no rows"),
+        (tmp_path / "bad.parquet", t, r"cannot read .*bad.parquet as Parquet"),
+        (tmp_path / "data.xlsx", t, r"unsupported file type '.xlsx'"),
+        (tmp_path / "ok.csv", {"data.target": ["defualt"]}, r"data.target 'defualt' is not a column of the data — did you mean 'default'"),
+        (tmp_path / "ok.parquet", {**t, "data.sensitive": ["gender"]}, r"data.sensitive 'gender' is not a column"),
+        (tmp_path / "ok.csv", {}, r"data.target is not set: name the column to predict; available: \['id'"),
+        ("mlkit:credt", t, r"did you mean 'mlkit:credit'"),
+        ("sklearn:california_housing", t, r"must be downloaded"),
+        ("mlkit:credit", {"data.target": ["target"]}, r"data.target 'target' is not a column"),
+        ("sklearn:iris", {"data.target": ["target"], "features.numeric": ["petal_length"]}, r"features.numeric 'petal_length' is not a column"),
+    ]:
+        with pytest.raises(DataError, match=match): precheck_data(source, named=named)
+
+
+def test_precheck_reads_only_the_header(tmp_path):
+    "Rows after the header are the kernel's business: a file pandas cannot parse still passes a precheck of its header."
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,3\n" + '"unclosed,quote\n' * 3)
+    assert precheck_data(tmp_path / "d.csv", named={"data.target": ["y"]}) == ["a", "b", "y"]
+    with pytest.raises(DataError, match="cannot read"): load_data(tmp_path / "d.csv")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_precheck_unreadable_file(tmp_path):
+    (tmp_path / "d.csv").write_text("a,y\n1,2\n"); (tmp_path / "d.csv").chmod(0)
+    with pytest.raises(DataError, match="permission denied"): precheck_data(tmp_path / "d.csv", named={"data.target": ["y"]})
+
+
+def test_precheck_of_train_params(tmp_path):
+    "What the runner calls before a kernel starts: the params' own source and every column they name."
+    p = TrainParams(data={"source": "mlkit:credit", "sensitive": ["sex", "age_group"], "drop_columns": ["application_date"]})
+    assert precheck_data(p.data.source, named=named_columns(p)) == list(CREDIT_COLUMNS)
+    bad = TrainParams(data={"source": str(tmp_path / "x.csv"), "target": "y"})
+    with pytest.raises(DataError, match="data file not found"): precheck_data(bad.data.source, named=named_columns(bad))
