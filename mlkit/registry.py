@@ -320,7 +320,7 @@ def _commit(name:str, decide) -> dict:
     while True:
         rm = find_model(name)
         hist, current = _entries(rm), _champion(rm)
-        seq = (hist[-1]["seq"] if hist else 0) + 1
+        seq = max((int(k[len(HISTORY_PREFIX):]) for k in rm.tags if k.startswith(HISTORY_PREFIX)), default=0) + 1
         if (claim := _pending(name, seq)) is not None:      # another mover is half-way through entry `seq`
             if time.monotonic() - seen.setdefault(seq, time.monotonic()) < _lease(): time.sleep(0.1)
             else: _recover(name, seq, claim, current)

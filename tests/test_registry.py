@@ -30,7 +30,8 @@ for rnd in range(int(sys.argv[4])):
         out = {"won": True, "seq": e["seq"], "action": e["action"]}
     except reg.ChampionChanged as x: out = {"won": False, "error": str(x), "kind": "ChampionChanged"}
     except reg.RegistryError as x: out = {"won": False, "error": str(x), "kind": type(x).__name__}
-    (folder / f"done-{rnd}-{me}.json").write_text(json.dumps(out))
+    (folder / f"tmp-{rnd}-{me}").write_text(json.dumps(out))
+    (folder / f"tmp-{rnd}-{me}").rename(folder / f"done-{rnd}-{me}.json")   # appears whole: the parent never reads half a file
 """
 
 

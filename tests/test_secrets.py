@@ -61,7 +61,8 @@ def evidence(mlflow_server, pg_server, webhook, tmp_path_factory):
                         "--set", "experiment=secrets-monitor"),
             "unknown-model": ("promote", "no-such-model"),
             "bad-storage": ("tune", "-p", tune, "--storage", storage.replace(str(pg_server.port), "9")),
-            "history": ("history", MODEL)}
+            "history": ("history", MODEL),
+            "serve-unknown-model": ("serve", "--model", "models:/no-such-model@champion", "--port", "9")}
     out = {}
     for name, args in cmds.items():
         r = run_mlkit(*args, cwd=d, env=env, timeout=900)
@@ -102,24 +103,33 @@ def test_the_commands_really_ran(evidence):
     codes = {k: v["code"] for k, v in evidence["out"].items()}
     assert codes["train"] == 0 and codes["promote"] == 0 and codes["tune"] == 0 and codes["monitor"] == 3, evidence["out"]
     assert codes["unknown-model"] == 2 and codes["bad-storage"] == 2 and codes["history"] == 0, codes
+    assert codes["serve-unknown-model"] == 2, codes
     assert evidence["received"] and evidence["received"][0][0].startswith("/alert?channel=ops&token=")   # the webhook got the alert
     assert any(p.startswith("artifact ") and p.endswith(".ipynb") for p in evidence["places"])          # executed notebooks stored
 
 
-def test_print_leaks(evidence):  # discovery aid: prints every place each secret was found (run with -s)
-    for s in evidence["secrets"]: print(s, leaks(evidence, s))
+WHERE = {"printed": lambda p: p.endswith(("stdout", "stderr")),
+         "stored": lambda p: p.startswith(("params", "tags", "registered model", MODEL)),
+         "artifacts": lambda p: p.startswith(("artifact", "file"))}
+LEAK = lambda site: pytest.mark.xfail(strict=True, reason=f"leaks from {site}")
+CASES = [
+    pytest.param("tracking", "printed", marks=LEAK("mlkit/runner.py, runner.format_result (lines 241-242): `look at it: open {uri}` "
+                                                   "prints the tracking URI with its password after every `mlkit run`; and "
+                                                   "mlkit/tracking.py, resolve_model (lines 213, 219, 231) and _experiment (line 106) "
+                                                   "put the raw tracking_uri() in their errors (`mlkit serve --model models:/no-such...`)")),
+    ("tracking", "stored"), ("tracking", "artifacts"),
+    ("storage", "printed"), ("storage", "stored"),
+    pytest.param("storage", "artifacts", marks=LEAK("mlkit/tune.py, tune._run_workers (lines 554-555) → Workers.start (lines 502-503): "
+                                                    "the storage URL is a papermill parameter of each worker notebook, attached to the "
+                                                    "run under workers/*.ipynb with the password in its injected-parameters cell")),
+    ("webhook", "printed"),
+    pytest.param("webhook", "stored", marks=LEAK("nbs/pipelines/monitor.ipynb `tracking.start_run(pipeline='monitor', params=params)` → "
+                                                 "mlkit/tracking.py, log_params (line 133): the `webhook` param is logged unredacted")),
+    pytest.param("webhook", "artifacts", marks=LEAK("mlkit/runner.py, the papermill call (line 184): the webhook URL is injected as a "
+                                                    "parameter into the monitor notebook, attached as notebook/monitor.ipynb")),
+]
 
 
-@pytest.mark.parametrize("secret", ["tracking", "storage", "webhook"])
-def test_no_secret_in_what_commands_print(evidence, secret):
-    assert leaks(evidence, secret, lambda p: p.endswith(("stdout", "stderr"))) == []
-
-
-@pytest.mark.parametrize("secret", ["tracking", "storage", "webhook"])
-def test_no_secret_in_params_tags_or_registry(evidence, secret):
-    assert leaks(evidence, secret, lambda p: p.startswith(("params", "tags", "registered model", MODEL))) == []
-
-
-@pytest.mark.parametrize("secret", ["tracking", "storage", "webhook"])
-def test_no_secret_in_stored_artifacts_or_files(evidence, secret):
-    assert leaks(evidence, secret, lambda p: p.startswith(("artifact", "file"))) == []
+@pytest.mark.parametrize("secret,where", CASES)
+def test_no_secret_anywhere(evidence, secret, where):
+    assert leaks(evidence, secret, WHERE[where]) == []
