@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 # %% auto #0
-__all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
+__all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_demo_data', 'cli_runs', 'cli_params', 'cli_pipelines',
+           'cli_kernel', 'cli_new']
 
 # %% ../nbs/15a_commands.ipynb #24b077db
 def cli_run(args) -> int:
@@ -55,6 +56,23 @@ def cli_score(args) -> int:
     summary = score(**_options(args, ScoreParams))
     print(json.dumps(summary))
     if summary["rejected"]: print(f"{summary['rejected']} row(s) could not be scored; see {summary['rejected_file']}", file=sys.stderr)
+    return 0
+
+# %% ../nbs/15a_commands.ipynb #c0ad0d02
+def cli_demo_data(args) -> int:
+    "`mlkit demo-data OUTPUT [--rows N] [--seed S] [--shift KIND] [--strength X] [--labels LABELS]`: write a demo batch."
+    from mlkit.data import write_demo_batch
+    out = write_demo_batch(args.output, n_rows=args.rows, seed=args.seed, shift=args.shift, strength=args.strength, labels=args.labels)
+    print(f"wrote {out['rows']} rows to {out['batch']}" + (f", labels to {out['labels']}" if "labels" in out else "")
+          + (f" (shift: {args.shift}, strength {args.strength})" if args.shift else ""))
+    return 0
+
+def cli_runs(args) -> int:
+    "`mlkit runs [--experiment E] [--sort M] [--limit N] [--plot FILE.png]`: the runs table (and a comparison plot)."
+    from mlkit.runs import format_runs, plot_runs, runs_frame
+    df = runs_frame(args.experiment, sort=args.sort, limit=args.limit)
+    print(format_runs(df))
+    if not df.empty and args.plot: plot_runs(df, path=args.plot); print(f"plot: {args.plot}")
     return 0
 
 # %% ../nbs/15a_commands.ipynb #c0ad0010

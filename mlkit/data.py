@@ -13,8 +13,7 @@ from .core import DataError, did_you_mean
 # %% auto #0
 __all__ = ['CREDIT_CATEGORIES', 'CREDIT_COLUMNS', 'SHIFTS', 'SKLEARN_DATASETS', 'BUNDLED', 'FILE_TYPES', 'TASKS',
            'make_credit_data', 'fingerprint_frame', 'default_target', 'load_data', 'named_columns',
-           'check_named_columns', 'precheck_data', 'infer_task', 'split_data', 'write_frame', 'write_demo_batch',
-           'cli_demo_data']
+           'check_named_columns', 'precheck_data', 'infer_task', 'split_data', 'write_frame', 'write_demo_batch']
 
 # %% ../nbs/02_data.ipynb #28601cb6
 CREDIT_CATEGORIES = {
@@ -366,14 +365,6 @@ def write_demo_batch(path, # file to write (.csv, .csv.gz or .parquet)
     out = {"batch": str(write_frame(df.drop(columns=["default"]) if labels else df, path)), "rows": len(df)}
     if labels: out["labels"] = str(write_frame(df[["id", "default"]], labels))
     return out
-
-# %% ../nbs/02_data.ipynb #e2f3a4b5
-def cli_demo_data(args) -> int:
-    "`mlkit demo-data OUTPUT [--rows N] [--seed S] [--shift KIND] [--strength X] [--labels LABELS]`."
-    out = write_demo_batch(args.output, n_rows=args.rows, seed=args.seed, shift=args.shift, strength=args.strength, labels=args.labels)
-    print(f"wrote {out['rows']} rows to {out['batch']}" + (f", labels to {out['labels']}" if "labels" in out else "")
-          + (f" (shift: {args.shift}, strength {args.strength})" if args.shift else ""))
-    return 0
 
 # %% ../nbs/02_data.ipynb #a4b5c6d7
 _MOVED = ("check_training_data", "column_kind", "infer_schema", "ValidationReport", "validate_frame", "quality_report")

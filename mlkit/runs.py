@@ -12,7 +12,7 @@ from .evaluate import TASK_METRICS, metric_direction
 from . import registry as reg
 
 # %% auto #0
-__all__ = ['runs_frame', 'plot_runs', 'format_runs', 'cli_runs']
+__all__ = ['runs_frame', 'plot_runs', 'format_runs']
 
 # %% ../nbs/10a_runs.ipynb #fea244ae
 def _experiments(client, experiment:str|None):
@@ -115,12 +115,3 @@ def format_runs(frame:pd.DataFrame) -> str:
     if frame.empty: return "no runs yet; train one with `mlkit run train`"
     with pd.option_context("display.width", 250, "display.max_columns", 50):
         return frame.drop(columns="run_id").to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="")
-
-# %% ../nbs/10a_runs.ipynb #a0a1e015
-def cli_runs(args) -> int:
-    "`mlkit runs [--experiment E] [--sort M] [--limit N] [--plot FILE.png]`: the runs table (and a comparison plot)."
-    limit = 20 if getattr(args, "limit", None) is None else args.limit
-    df = runs_frame(getattr(args, "experiment", None), sort=getattr(args, "sort", None), limit=limit)
-    print(format_runs(df))
-    if not df.empty and getattr(args, "plot", None): plot_runs(df, path=args.plot); print(f"plot: {args.plot}")
-    return 0
