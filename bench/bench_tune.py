@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def make_params(experiment, *, trials, rows, storage, study):
-    from mlkit.tune import TuneParams
+    from mlkit.search import TuneParams
     return TuneParams(experiment=experiment, data={"n_rows": rows, "id_column": "id", "drop_columns": ["application_date"]},
                       evaluate={"cv_folds": 3, "plots": False, "explain": False},
                       search={"n_trials": trials, "pruner": "none", "refit": False, "storage": storage, "study_name": study,
@@ -41,7 +41,9 @@ def main():
     os.chdir(work)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
     import optuna, mlflow
-    from mlkit.tune import open_storage, prepare_study, run_worker, tune
+    from mlkit.study import open_storage, prepare_study
+    from mlkit.workers import run_worker
+    from mlkit.tune import tune
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"journal:{work}/optuna.journal"
     client = mlflow.MlflowClient()
@@ -59,7 +61,7 @@ def main():
     print(f"overhead (timed inside the worker): {n} trials, fitting {fit / n:.3f} s/trial, storage+tracking+sampling "
           f"{overhead * 1000:.1f} ms/trial = {overhead / (fit / n):.1%} of fitting time (goal <= 5 %)")
     # the same configurations again with no storage and no tracking at all: the wall-clock baseline
-    from mlkit.tune import evaluate_config, load_training_data
+    from mlkit.workers import evaluate_config, load_training_data
     from mlkit.core import limit_threads
     limit_threads(1)
     data = load_training_data(p)

@@ -183,7 +183,8 @@ def test_two_workers_on_postgres_finish_budget(mlstore, tmp_path, postgres):
     uri, exp = mlstore
     import optuna
     from mlkit.config import load_params
-    from mlkit.tune import open_storage, tune
+    from mlkit.study import open_storage
+    from mlkit.tune import tune
     params = load_params("tune", write_params(tmp_path / "t.yaml", exp, n_trials=4, n_rows=600, refit=False, storage=postgres,
                                               study_name="pg-study"))
     res = tune(params, workers=2, progress=False)
