@@ -46,21 +46,28 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.signal, self.run_id = signum, signal.Signals(signum).name, None
         super().__init__(f"stopped by {self.signal}")
 
-# %% ../nbs/11c_tune.ipynb #e3831c5b
+# %% ../nbs/11c_tune.ipynb #138e58d3
+class _Stop:
+    "The stop requests of a search: `on_signal` notes the first signal; `check()` raises `Interrupted` for it, once."
+    def __init__(self): self.signum, self.raised = None, False
+    def on_signal(self, signum, frame):
+        if self.signum is None: self.signum = signum
+        else: print(f"{signal.Signals(signum).name}: already stopping at the next safe point", file=sys.stderr)
+    def check(self) -> None:
+        if self.signum is not None and not self.raised: self.raised = True; raise Interrupted(self.signum)
+
+# %% ../nbs/11c_tune.ipynb #db0df48f
 @contextmanager
 def _stop_on_signals(names=("SIGINT", "SIGTERM", "SIGHUP")):
-    "In the main thread: the first of the signals `names` raises `Interrupted`, later ones are ignored."
-    if threading.current_thread() is not threading.main_thread(): yield; return
-    hit = []
-    def on_signal(signum, frame):
-        if hit: return print(f"{signal.Signals(signum).name}: already stopping the workers", file=sys.stderr)
-        hit.append(signum); raise Interrupted(signum)
-    old = {s: signal.signal(s, on_signal) for s in (getattr(signal, n) for n in names if hasattr(signal, n))}
-    try: yield
+    "A `_Stop` noting the signals `names` while in the block (in the main thread; elsewhere nothing stops it)."
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread(): yield stop; return
+    old = {s: signal.signal(s, stop.on_signal) for s in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    try: yield stop
     finally:
         for s, h in old.items(): signal.signal(s, h)
 
-# %% ../nbs/11c_tune.ipynb #f547e350
+# %% ../nbs/11c_tune.ipynb #d75e8ad6
 @dataclass
 class TuneResult:
     "Outcome of a search."
@@ -75,32 +82,37 @@ class TuneResult:
     refit: dict = field(default_factory=dict)   # estimator, hyperparams, test_metrics, model_uri, registered_version
     worker_errors: dict = field(default_factory=dict)
 
-# %% ../nbs/11c_tune.ipynb #ab7eee22
+# %% ../nbs/11c_tune.ipynb #1a1628e5
 @dataclass
 class _Search:
     "What one call of `tune` works on."
     params: TuneParams; data: TrainingData; study: Any; name: str; url: str; metric: str; direction: str
     queued: set; n0: int; out_dir: Path; deadline: float|None = None
-    run_id: str|None = None; recorded: bool = False; stopped: set = field(default_factory=set)
+    run_id: str|None = None; recorded: bool = False; stopped: set = field(default_factory=set); stop: Any = None
     def mine(self, n:int) -> bool: return n in self.queued or n >= self.n0  # a trial of this call
+    def check(self) -> None:  # a safe point: raise `Interrupted` if a stop was requested
+        if self.stop is not None: self.stop.check()
     @property
     def seed(self) -> int: return self.params.seed + 1000 * self.n0  # distinct per call and per worker, reproducible
 
-# %% ../nbs/11c_tune.ipynb #1c3e55b1
-def _prepare_search(params:TuneParams, *, output_dir=None) -> _Search:
+# %% ../nbs/11c_tune.ipynb #e4d7a14b
+def _prepare_search(params:TuneParams, *, output_dir=None, stop:_Stop|None=None) -> _Search:
     "Check what a user can get wrong (data, space, budget, storage), then create or continue the study."
     import tempfile
-    data = load_training_data(params)
+    check = stop.check if stop else lambda: None
+    data = load_training_data(params); check()
     obj = check_search(params, task=data.task)
     url = params.search.storage or default_storage()  # ${VARS}: expanded by open_storage in each process, never logged
     name = params.search.study_name or f"{params.experiment}-tune"
-    study, queued, n0 = prepare_study(storage=open_storage(url), study_name=name, direction=obj["direction"],
+    storage = open_storage(url); check()
+    study, queued, n0 = prepare_study(storage=storage, study_name=name, direction=obj["direction"],
                                       metric=obj["metric"], n_trials=params.search.n_trials)
     out = Path(output_dir or tempfile.mkdtemp(prefix="mlkit-tune-")); out.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + params.search.timeout if params.search.timeout else None
-    return _Search(params, data, study, name, url, obj["metric"], obj["direction"], queued, n0, out, deadline)
+    return _Search(params, data, study, name, url, obj["metric"], obj["direction"], queued, n0, out, deadline,
+                   stop=stop)
 
-# %% ../nbs/11c_tune.ipynb #7052611c
+# %% ../nbs/11c_tune.ipynb #101efff5
 def _shown_params(s:_Search) -> TuneParams:
     "The search's params as recorded and handed to workers: any password in the storage URL masked."
     return s.params.model_copy(update={"search": s.params.search.model_copy(update={"storage": redact_url(s.url)})})
@@ -115,7 +127,7 @@ def _start_search_run(s:_Search, *, workers:int) -> str:
     s.run_id = run.info.run_id
     return s.run_id
 
-# %% ../nbs/11c_tune.ipynb #0275de9c
+# %% ../nbs/11c_tune.ipynb #d69c7bc3
 def _watch(pool:Workers, s:_Search, *, progress:bool, poll:float=1.0) -> None:
     "Until the workers end: fail the trial of a worker that died, print progress when it changes and at the end."
     last, total = None, len(s.queued) or None
@@ -125,9 +137,9 @@ def _watch(pool:Workers, s:_Search, *, progress:bool, poll:float=1.0) -> None:
         line = format_progress(search_progress(s.study, mine=s.mine), total=total, metric=s.metric)
         if progress and line != last: print(line, file=sys.stderr, flush=True); last = line
         if not running: return
-        time.sleep(poll)
+        time.sleep(poll); s.check()
 
-# %% ../nbs/11c_tune.ipynb #9fe81e06
+# %% ../nbs/11c_tune.ipynb #14a1f9b4
 def _run_workers(s:_Search, *, workers:int, in_process:bool, progress:bool) -> dict:
     """Run the workers to the end of the budget; returns {worker: error} of those that failed. However this ends, the
     workers are stopped and no trial of theirs stays RUNNING."""
@@ -135,13 +147,13 @@ def _run_workers(s:_Search, *, workers:int, in_process:bool, progress:bool) -> d
     try:
         if in_process:
             run_worker(study_name=s.name, params=s.params, storage=s.url, worker_id=labels[0], parent_run_id=s.run_id,
-                       deadline=s.deadline, sampler_seed=s.seed)
+                       deadline=s.deadline, sampler_seed=s.seed, stop=s.check)
             return {}
         params = dict(study_name=s.name, storage=None, params=_shown_params(s).model_dump(mode="json"),
                       parent_run_id=s.run_id, deadline=s.deadline, sampler_seed=s.seed)
         pool = Workers(workers, parameters=params, out_dir=s.out_dir, label=s.run_id[:8], env={STORAGE_ENV: s.url})
-        pool.start()
         labels = pool.labels
+        s.check(); pool.start()
         _watch(pool, s, progress=progress)
         return {l: e for l, e in pool.errors.items() if e}
     except KeyboardInterrupt as e: reason = f"was stopped ({getattr(e, 'signal', 'SIGINT')})"; raise
@@ -152,7 +164,7 @@ def _run_workers(s:_Search, *, workers:int, in_process:bool, progress:bool) -> d
                                    unstamped=s.mine, reason=reason)
         if reason.startswith("was stopped (SIG"): s.stopped.update(failed)
 
-# %% ../nbs/11c_tune.ipynb #63bbbe30
+# %% ../nbs/11c_tune.ipynb #b97fd672
 def _record_trials(s:_Search) -> dict:
     "Attach the worker notebooks, end every trial run of this call, log the counts by state to the parent run."
     import mlflow
@@ -166,7 +178,7 @@ def _record_trials(s:_Search) -> dict:
     tracking.log_metrics({f"n_trials_{k}": v for k, v in counts.items()})
     return counts
 
-# %% ../nbs/11c_tune.ipynb #78894ccb
+# %% ../nbs/11c_tune.ipynb #9ab4de14
 def _summarize_search(s:_Search, counts:dict, worker_errors:dict) -> TuneResult:
     "The result; the best trial's value and parameters, the plots and the refitted model go to the parent run."
     import mlflow
@@ -179,15 +191,17 @@ def _summarize_search(s:_Search, counts:dict, worker_errors:dict) -> TuneResult:
     tracking.log_metrics({f"best_cv_{m}": res.best_value, f"cv_{m}_mean": res.best_value})
     mlflow.log_params({f"best.{k}": str(v) for k, v in res.best_params.items()})
     mlflow.set_tags({"mlkit.best_trial": str(res.best_trial)})
+    s.check()
     figs, skipped = make_search_plots(s.study)
     tracking.log_figures(figs, "tune")
     if skipped: mlflow.set_tags({f"mlkit.plot_skipped.{k}": v for k, v in skipped.items()})
+    s.check()
     if s.params.search.refit: res.refit = refit_best(s.params, s.data, res.best_params, metric=m)
     tracking.log_json({"trial": res.best_trial, "value": res.best_value, "params": res.best_params,
                        **{k: res.refit.get(k) for k in ("estimator", "hyperparams") if res.refit}}, "tune/best.json")
     return res
 
-# %% ../nbs/11c_tune.ipynb #60174e26
+# %% ../nbs/11c_tune.ipynb #e8bfe919
 def _check_outcome(s:_Search, res:TuneResult) -> None:
     "`TuneError` when queued trials were left because every worker stopped, or when no trial completed."
     if res.counts["waiting"] and (s.deadline is None or time.time() < s.deadline):
@@ -201,7 +215,7 @@ def _check_outcome(s:_Search, res:TuneResult) -> None:
                         f"first error: {errors[0] if errors else 'none recorded'}; fix the search space (see the "
                         "failed nested runs' mlkit.error tag) and run again")
 
-# %% ../nbs/11c_tune.ipynb #0732c12b
+# %% ../nbs/11c_tune.ipynb #97670ce6
 def _end_search_run(s:_Search, *, status:str, error:BaseException|None, before) -> None:
     "Record what the search did not get to, tag the error, and end the parent run (not `before`, the caller's run)."
     import mlflow
@@ -215,7 +229,7 @@ def _end_search_run(s:_Search, *, status:str, error:BaseException|None, before) 
         print(f"warning: could not record everything of run {s.run_id}: {_one_line(e)}", file=sys.stderr)
     finally: mlflow.end_run(status)
 
-# %% ../nbs/11c_tune.ipynb #a4122a91
+# %% ../nbs/11c_tune.ipynb #434a023a
 def tune(params:TuneParams,           # resolved parameters (see `load_tune_params`)
          *, workers:int=1,            # parallel papermill workers
          in_process:bool=False,       # run the worker loop in this process instead (one worker)
@@ -224,12 +238,12 @@ def tune(params:TuneParams,           # resolved parameters (see `load_tune_para
         ) -> TuneResult:
     "Run (or continue) the search described by `params` as one MLflow run with a nested run per trial."
     import mlflow
-    with _stop_on_signals():
+    with _stop_on_signals() as stop:
         if not isinstance(workers, int) or workers < 1: raise TuneError(f"--workers must be at least 1, got {workers}")
-        s = _prepare_search(params, output_dir=output_dir)
+        s = _prepare_search(params, output_dir=output_dir, stop=stop)
         before, status, error = mlflow.active_run(), "FAILED", None
         try:
-            _start_search_run(s, workers=1 if in_process else workers)
+            _start_search_run(s, workers=1 if in_process else workers); s.check()
             errors = _run_workers(s, workers=workers, in_process=in_process, progress=progress)
             res = _summarize_search(s, _record_trials(s), errors)
             _check_outcome(s, res)
@@ -241,7 +255,7 @@ def tune(params:TuneParams,           # resolved parameters (see `load_tune_para
             raise
         finally: _end_search_run(s, status=status, error=error, before=before)
 
-# %% ../nbs/11c_tune.ipynb #a8bf4876
+# %% ../nbs/11c_tune.ipynb #92e10a4c
 def load_tune_params(path:str|Path|None=None, # YAML params file
                      *, sets=(),              # `key=value` overrides
                      experiment:str|None=None, n_trials:int|None=None, timeout:float|None=None,
@@ -253,7 +267,7 @@ def load_tune_params(path:str|Path|None=None, # YAML params file
         if v is not None: setattr(params.search, k, v)
     return params
 
-# %% ../nbs/11c_tune.ipynb #54e807d5
+# %% ../nbs/11c_tune.ipynb #c2ff4840
 def format_tune_result(res:TuneResult, *, model_name:str|None=None) -> str:
     "What `mlkit tune` prints: counts, the best trial, the holdout metrics and where the model went, the run."
     c = res.counts
@@ -267,7 +281,7 @@ def format_tune_result(res:TuneResult, *, model_name:str|None=None) -> str:
         lines.append(f"model: {res.refit['model_uri']}" + (f" (registered as {model_name} v{v})" if v else ""))
     return "\n".join(lines + [f"run: {res.run_id}"])
 
-# %% ../nbs/11c_tune.ipynb #e828c30e
+# %% ../nbs/11c_tune.ipynb #7d65f56d
 def cli_tune(args) -> int:
     "`mlkit tune`: run or continue a search; prints the best trial and where the model went."
     path = getattr(args, "params", None)

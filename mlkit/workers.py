@@ -57,6 +57,7 @@ def make_config_model(params:TuneParams, data:TrainingData,
 def evaluate_config(trial,              # an optuna Trial (or FixedTrial)
                     *, params:TuneParams, data:TrainingData,
                     metric:str,         # the objective
+                    stop=None,          # called after each fold: raises to stop the search (see `tune`)
                    ) -> tuple[dict, float]:
     "(cross-validation metrics, seconds spent fitting) of the configuration `trial` suggests; `TrialPruned` if pruned."
     import optuna
@@ -64,6 +65,7 @@ def evaluate_config(trial,              # an optuna Trial (or FixedTrial)
     model = make_config_model(params, data, *suggest_config(trial, params.search.space))
     spent = [0.0]
     def on_fold(i, mean):
+        if stop: stop()
         t = time.perf_counter()
         trial.report(mean, step=i)
         prune = i + 1 >= params.search.warmup_folds and trial.should_prune()
@@ -111,15 +113,15 @@ def log_trial_run(client, *, experiment_id:str, parent_run_id:str|None, study_na
     client.set_terminated(run_id, status or _STATUS[state], end_time=ts)
     return run_id
 
-# %% ../nbs/11b_workers.ipynb #240eb952
-def _run_one(trial, *, study, params, data, metric, hb, logger) -> dict:
+# %% ../nbs/11b_workers.ipynb #2da58bb1
+def _run_one(trial, *, study, params, data, metric, hb, logger, stop=None) -> dict:
     "Evaluate, tell and log one claimed trial; returns its state and timing."
     import optuna
     from optuna.trial import TrialState
     start, t0 = time.time(), time.perf_counter()
     hb.start(trial)
     cv, fit_s, error, state = {}, 0.0, None, "complete"
-    try: cv, fit_s = evaluate_config(trial, params=params, data=data, metric=metric)
+    try: cv, fit_s = evaluate_config(trial, params=params, data=data, metric=metric, stop=stop)
     except optuna.TrialPruned: state = "pruned"
     except Exception as e:  # a failing configuration is a result: record it, keep searching
         state, error = "failed", f"{type(e).__name__}: {str(e).strip()[:2000]}"
@@ -186,6 +188,7 @@ def run_worker(*, study_name:str,           # the study to work on (created by `
                parent_run_id:str|None=None,  # MLflow run the trial runs nest under (None: trials are not tracked)
                deadline:float|None=None,     # Unix time after which no trial starts
                sampler_seed:int|None=None,   # seed of this worker's sampler (default: params.seed)
+               stop=None,                    # called between trials and folds: raises to stop (an in-process search)
               ) -> dict:
     "Run queued trials of `study_name` until none is left or `deadline` passes; returns counts and timing."
     p, data, metric, study = _open_worker(study_name, params, storage=storage, sampler_seed=sampler_seed)
@@ -194,10 +197,11 @@ def run_worker(*, study_name:str,           # the study to work on (created by `
     out = {"worker": worker_id, "complete": 0, "pruned": 0, "failed": 0, "fit_s": 0.0, "trial_s": 0.0}
     try:
         while deadline is None or time.time() < deadline:
+            if stop: stop()
             fail_stale_trials(study, grace_period=p.search.grace_period)
             trial = claim_trial(study, queued_only=p.search.n_trials is not None)
             if trial is None: break
-            r = _run_one(trial, study=study, params=p, data=data, metric=metric, hb=hb, logger=logger)
+            r = _run_one(trial, study=study, params=p, data=data, metric=metric, hb=hb, logger=logger, stop=stop)
             out[r["state"]] += 1; out["fit_s"] += r["fit_s"]; out["trial_s"] += r["total_s"]
     finally:
         hb.close()
@@ -304,7 +308,7 @@ def stop(self:Workers, kill:bool=False, timeout:float=30.0) -> None:
     "Wait for the workers; with `kill` stop them first: no kernel starts, each kernel is killed until its thread ends."
     self.stopping = self.stopping or kill
     end = time.monotonic() + timeout
-    for t in self.threads:
+    for t in (t for t in self.threads if t.ident is not None):  # started ones
         while kill and t.is_alive() and time.monotonic() < end: self._kill(); t.join(0.2)
         if not kill: t.join()
     if kill: self._kill()
