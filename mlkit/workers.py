@@ -119,9 +119,11 @@ def _run_one(trial, *, study, params, data, metric, hb, logger, stop=None) -> di
     import optuna
     from optuna.trial import TrialState
     start, t0 = time.time(), time.perf_counter()
-    hb.start(trial)
     cv, fit_s, error, state = {}, 0.0, None, "complete"
-    try: cv, fit_s = evaluate_config(trial, params=params, data=data, metric=metric, stop=stop)
+    try:
+        suggest_config(trial, params.search.space)  # on record before the first heartbeat: a killed trial shows its config
+        hb.start(trial)
+        cv, fit_s = evaluate_config(trial, params=params, data=data, metric=metric, stop=stop)  # same suggestions again
     except optuna.TrialPruned: state = "pruned"
     except Exception as e:  # a failing configuration is a result: record it, keep searching
         state, error = "failed", f"{type(e).__name__}: {str(e).strip()[:2000]}"
