@@ -121,7 +121,7 @@ def _run_one(trial, *, study, params, data, metric, hb, logger, stop=None) -> di
     start, t0 = time.time(), time.perf_counter()
     cv, fit_s, error, state = {}, 0.0, None, "complete"
     try:
-        suggest_config(trial, params.search.space)  # on record before the first heartbeat: a killed trial shows its config
+        suggest_config(trial, params.search.space)  # on record before the first heartbeat, so a killed trial has it
         hb.start(trial)
         cv, fit_s = evaluate_config(trial, params=params, data=data, metric=metric, stop=stop)  # same suggestions again
     except optuna.TrialPruned: state = "pruned"
