@@ -43,7 +43,7 @@ COMMANDS = {
         (("--shift",), dict(choices=["covariate", "prior", "concept"], help="make a shifted batch")),
         (("--strength",), dict(type=float, default=1.0, help="shift strength (default: 1.0)")),
         (("--labels",), dict(metavar="LABELS_FILE", help="write the target here (id, default) instead of in OUTPUT"))),
-    "tune": _cmd("mlkit.tune:cli_tune", "hyperparameter search: an Optuna study run by parallel papermill workers",
+    "tune": _cmd("mlkit.commands:cli_tune", "hyperparameter search: an Optuna study run by parallel papermill workers",
         _PARAMS, _SET, _EXPERIMENT,
         (("--workers",), dict(type=int, default=None, help="parallel worker processes (default: 1)")),
         schema="tune", flags=("search.n_trials", "search.timeout", "search.storage")),
