@@ -17,6 +17,7 @@ def notebook_sha(nb) -> str:
     src = "\x00".join(c.source for c in nb.cells if c.cell_type == "code")
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
+# %% ../nbs/08a_cache.ipynb #86d4be6b
 def file_sha(path:str|Path, chunk:int=1 << 20) -> str:
     "SHA-256 (16 hex digits) of a file's bytes (of every file under a folder, with their names)."
     p, h = Path(path), hashlib.sha256()
@@ -33,6 +34,7 @@ def _git(cwd, *args) -> str|None:
     except (OSError, subprocess.SubprocessError): return None
     return r.stdout.decode(errors="replace").strip() if r.returncode == 0 else None
 
+# %% ../nbs/08a_cache.ipynb #a4fa0b77
 def code_state(path:str|Path) -> dict:
     "The git state of the code at `path`: repository root, commit, and a hash of the uncommitted changes to tracked files."
     root = _git(path, "rev-parse", "--show-toplevel")
@@ -54,6 +56,7 @@ def data_files(params, cwd:str|Path|None=None) -> dict[str, Path]:
         except OSError: continue
     return out
 
+# %% ../nbs/08a_cache.ipynb #5cb0716f
 def environment_sha(versions:dict) -> str:
     "SHA-256 (16 hex digits) of the recorded package versions."
     return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]

@@ -22,6 +22,7 @@ class Section(BaseModel):
     "Base of every params section: unknown keys are errors, assignments are validated."
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+# %% ../nbs/01_config.ipynb #6cc97711
 class DataParams(Section):
     source: str = Field("mlkit:credit", description="a .csv/.csv.gz/.parquet path, 'sklearn:<name>' (iris, wine, breast_cancer, diabetes, digits) or 'mlkit:credit' (bundled demo)")
     target: str | None = Field(None, description="target column; default: the dataset's own target ('default' for mlkit:credit, 'target' for sklearn:*)")
@@ -51,6 +52,7 @@ class StepParams(Section):
     params: dict[str, Any] = Field({}, description="keyword arguments of the step")
     position: Literal["before", "after"] = Field("before", description="'before': on the raw table, before the generated preprocessing (it must return a table); 'after': on the encoded matrix, before the estimator")
 
+# %% ../nbs/01_config.ipynb #771c105a
 class FeatureParams(Section):
     numeric: list[str] | None = Field(None, description="numeric feature columns; null = inferred from the data")
     categorical: list[str] | None = Field(None, description="categorical feature columns; null = inferred from the data")
@@ -61,10 +63,12 @@ class FeatureParams(Section):
     min_frequency: float | int | None = Field(None, description="categories rarer than this (count, or fraction if < 1) are grouped as infrequent")
     steps: list[StepParams] = Field([], description="extra pipeline steps of your own code, by import path, placed before or after the generated preprocessing, e.g. [{path: mypkg.features.AgeBands, position: before}]")
 
+# %% ../nbs/01_config.ipynb #e19f0ec8
 class ModelParams(Section):
     estimator: str = Field("hist_gradient_boosting", description="logistic_regression | linear_regression | ridge | random_forest | extra_trees | hist_gradient_boosting | dummy (a baseline), or an import path: sklearn.svm.SVC, mypkg.models:make_estimator")
     hyperparams: dict[str, Any] = Field({}, description="keyword arguments of the estimator, e.g. {max_iter: 200}")
 
+# %% ../nbs/01_config.ipynb #98475836
 class EvalParams(Section):
     cv_folds: int = Field(5, ge=2, le=20, description="k of the k-fold cross-validation on the training split")
     primary_metric: str | None = Field(None, description="headline metric; default roc_auc (binary), f1_macro (multiclass), rmse (regression)")
@@ -80,6 +84,7 @@ class PipelineParams(Section):
     seed: int = Field(42, description="seed for splits, models and sampling")
     experiment: str = Field("mlkit", min_length=1, description="MLflow experiment the run is logged to")
 
+# %% ../nbs/01_config.ipynb #19ae0443
 class TrainParams(PipelineParams):
     model_name: str | None = Field(None, description="when set, the model is registered as a new version of this registered model")
     data: DataParams = Field(default_factory=DataParams)
@@ -107,6 +112,7 @@ def register_schema(pipeline:str, schema:type|str) -> None:
     "Make `schema` (a pydantic model class or 'module:Class') the parameter schema of `pipeline`."
     SCHEMAS[pipeline] = schema
 
+# %% ../nbs/01_config.ipynb #4e8f6c68
 def get_schema(pipeline:str) -> type[BaseModel]:
     "The parameter schema class of `pipeline`."
     if pipeline not in SCHEMAS:
@@ -132,6 +138,7 @@ def _field_of(schema:type[BaseModel], path:list[str]):
         where.append(key)
     return ann
 
+# %% ../nbs/01_config.ipynb #9569522d
 def _is_str(ann) -> bool:
     "Whether `ann` is `str` or `str | None`: such fields take `--set` text as it is."
     if ann is str: return True
@@ -145,6 +152,7 @@ def _allows_none(ann) -> bool:
     "Whether a field annotated `ann` accepts None (free-form dict values always do)."
     return ann is None or ann is type(None) or type(None) in get_args(ann)
 
+# %% ../nbs/01_config.ipynb #57ce1c49
 def parse_set(item:str, schema:type[BaseModel]) -> tuple[list[str], Any]:
     "Split a `--set key=value` item into its dotted key path and a value typed by `schema` (YAML null → None where allowed)."
     key, sep, raw = item.partition("=")
@@ -157,6 +165,7 @@ def parse_set(item:str, schema:type[BaseModel]) -> tuple[list[str], Any]:
     try: return path, yaml.safe_load(raw)
     except yaml.YAMLError: return path, raw
 
+# %% ../nbs/01_config.ipynb #7ebe3fa0
 def apply_overrides(raw:dict, sets, schema:type[BaseModel]) -> dict:
     "Apply `--set` items to the nested dict `raw` (a copy is returned)."
     out = json.loads(json.dumps(raw or {}, default=str))
@@ -201,6 +210,7 @@ def _explain(e:ValidationError, schema:type[BaseModel], origin:str) -> ConfigErr
             lines.append(f"'{loc}': {err['msg']} (got {got!r})" if loc else f"{err['msg']}")
     return ConfigError(f"invalid parameters{origin}: " + "; ".join(lines))
 
+# %% ../nbs/01_config.ipynb #a546e042
 def load_params(pipeline:str|type[BaseModel], # pipeline name ('train', 'tune', ...) or a schema class
                 path:str|Path|dict|None=None,  # YAML params file, or a mapping of parameters
                 sets=(),                        # `key=value` overrides, dotted keys for nesting
@@ -219,6 +229,7 @@ def is_import_path(name:str) -> bool:
     "Whether an estimator or step name is an import path (`pkg.mod.Class` or `pkg.mod:factory`) rather than a short name."
     return ":" in name or "." in name
 
+# %% ../nbs/01_config.ipynb #04324f52
 def import_object(path:str, *, what:str="import path"):
     "The object at `pkg.mod.Name` or `pkg.mod:name`; ModelError naming the part that does not exist."
     mod, sep, name = path.partition(":") if ":" in path else path.rpartition(".")
@@ -238,6 +249,7 @@ def params_hash(params:BaseModel|dict) -> str:
     doc = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
+# %% ../nbs/01_config.ipynb #ada1bed0
 def flatten_params(params:BaseModel|dict, prefix:str="") -> dict[str, str]:
     "Dotted keys to string values, for `mlflow.log_params`."
     d = params.model_dump(mode="json") if isinstance(params, BaseModel) else params

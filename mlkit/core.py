@@ -19,14 +19,25 @@ class MlkitError(Exception):
     exit_code = 2
 
 class ConfigError(MlkitError): "A params file, `--set` override or CLI flag is invalid."
+
 class DataError(MlkitError): "A dataset is missing, unreadable, or does not fit the task or schema."
+
 class ModelError(MlkitError): "An estimator name, hyperparameter or model URI is invalid."
+
+# %% ../nbs/00_core.ipynb #de091554
 class TrackingError(MlkitError): "The MLflow store cannot be reached or holds something unexpected."
+
 class RunnerError(MlkitError): "A pipeline notebook could not be run, or one of its cells failed."
+
 class RegistryError(MlkitError): "A registered model, version, alias or run is missing or inconsistent."
+
 class GateError(MlkitError): "A promotion gate is misconfigured."
+
 class TuneError(MlkitError): "A search space, study or storage is invalid."
+
+# %% ../nbs/00_core.ipynb #2ff2fe5f
 class ServeError(MlkitError): "The service cannot start with the given model or options."
+
 class MonitorError(MlkitError): "A monitoring batch, log or reference profile is unusable."
 
 # %% ../nbs/00_core.ipynb #9847a34e
@@ -59,6 +70,7 @@ def _secret_values() -> list[str]:
     vals |= {quote(v, safe="") for v in vals}
     return sorted(vals, key=len, reverse=True)
 
+# %% ../nbs/00_core.ipynb #d591144b
 def redact(text:str, # any message, URL, log or file content
           ) -> str:
     "`text` with URL passwords, secret `key=value`s, Authorization values and secret environment values masked as `***`."

@@ -44,6 +44,7 @@ def default_metric(task:str) -> str:
     "The metric mlkit optimizes and gates on when params name none: roc_auc, f1_macro or rmse."
     return _DEFAULT_METRIC[check_task(task)]
 
+# %% ../nbs/06_evaluate.ipynb #c5448fc7
 def check_metric(name:str, task:str) -> str:
     "`name` if `task` reports that metric, else a `ConfigError` listing the ones it does."
     if name not in TASK_METRICS[check_task(task)]:
@@ -67,6 +68,7 @@ def _name(model) -> str:
     "The class name of `model`'s final estimator (what a user chose), not 'Pipeline'."
     return type(model.steps[-1][1] if hasattr(model, "steps") else model).__name__
 
+# %% ../nbs/06_evaluate.ipynb #f193728e
 def _check_inputs(model, X, y, task:str):
     "Raise a readable `MlkitError` when `model`, `X`, `y` and `task` do not fit together."
     check_task(task)
@@ -105,6 +107,7 @@ def _nan_if_undefined(f, *args, **kw) -> float:
     try: return float(f(*args, **kw))
     except ValueError: return float("nan")
 
+# %% ../nbs/06_evaluate.ipynb #57fcfe01
 def _binary_metrics(y, y_pred, proba, score, classes) -> dict:
     pos, two = classes[1], len(np.unique(y)) == 2
     yb = (y == pos).astype(int)
@@ -129,6 +132,7 @@ def _multiclass_metrics(y, y_pred, proba, classes) -> dict:
         out["log_loss"] = skm.log_loss(y, proba, labels=classes)
     return out
 
+# %% ../nbs/06_evaluate.ipynb #22a0f3ad
 def _regression_metrics(y, y_pred) -> dict:
     y = y.astype(float)
     out = {"rmse": skm.root_mean_squared_error(y, y_pred), "mae": skm.mean_absolute_error(y, y_pred),
@@ -146,6 +150,7 @@ def compute_metrics(model,    # a fitted estimator or Pipeline taking the raw fr
     _check_inputs(model, X, y, task)
     return _metrics(model, X, y, task)
 
+# %% ../nbs/06_evaluate.ipynb #53c34183
 def _metrics(model, X, y, task:str, labels:bool=True) -> dict[str, float]:
     y_true = np.asarray(y)
     y_pred, proba, score = _predict_all(model, X, task, labels=labels)
@@ -158,6 +163,7 @@ def _metrics(model, X, y, task:str, labels:bool=True) -> dict[str, float]:
 def _take(a, idx):
     return a.iloc[idx] if hasattr(a, "iloc") else np.asarray(a)[idx]
 
+# %% ../nbs/06_evaluate.ipynb #b58ef7f1
 def _split(X, y, *, task:str, folds:int, seed:int):
     "Train/validation index pairs: stratified for classification, shuffled and seeded always."
     if not isinstance(folds, (int, np.integer)) or folds < 2: raise ConfigError(f"cv folds must be an integer >= 2; got {folds!r}")
@@ -203,6 +209,7 @@ def _prepare_matplotlib():
     elif chosen and "inline" in chosen and "matplotlib_inline.backend_inline" not in sys.modules:
         import matplotlib_inline.backend_inline  # loading it registers Jupyter's PNG display of figures
 
+# %% ../nbs/06_evaluate.ipynb #a95b97af
 def _figure(size=(5, 4)):
     "A new free-standing (non-pyplot) figure and its axes."
     from matplotlib.figure import Figure
@@ -239,6 +246,7 @@ def _regression_plots(y, y_pred) -> dict:
         PredictionErrorDisplay.from_predictions(y, y_pred, kind=kind, ax=f[1], random_state=0)
     return figs
 
+# %% ../nbs/06_evaluate.ipynb #df904eb1
 def make_plots(model, X, y, *, task:str) -> dict:
     "Diagnostic figures for `model` on `X`, `y`, keyed by name (confusion_matrix, roc_curve, pr_curve, calibration | residuals, predicted_vs_actual)."
     _check_inputs(model, X, y, task)
@@ -265,6 +273,7 @@ def save_figures(figs:dict,     # name → matplotlib Figure
 def _is_numeric(s:pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
+# %% ../nbs/06_evaluate.ipynb #b407ba5f
 def _pd_grid(s:pd.Series, resolution:int=20):
     "The values a partial-dependence curve visits for column `s` (missing values excluded)."
     v = s.dropna()
@@ -288,6 +297,7 @@ def partial_dependence_on(model, X:pd.DataFrame, col:str, grid, *, task:str) -> 
     else: out = np.asarray(model.decision_function(Xr)).reshape(len(Xr), -1)
     return out.reshape(len(grid), len(X), -1).mean(axis=1).T
 
+# %% ../nbs/06_evaluate.ipynb #6b4ba77e
 def _pd_figure(model, X, col:str, task:str):
     "A partial-dependence figure for column `col` of `X`."
     numeric, grid = _is_numeric(X[col]), _pd_grid(X[col])

@@ -31,6 +31,7 @@ def _git(cwd, *args) -> str|None:
     except (OSError, subprocess.SubprocessError): return None
     return r.stdout.strip() if r.returncode == 0 else None
 
+# %% ../nbs/06a_lineage.ipynb #aea70209
 def git_info(path:str|Path|None=None) -> dict[str, str]:
     "Commit and dirty flag of the git work tree holding `path` (default: the working directory); 'none' outside git."
     cwd = path or Path.cwd()
@@ -47,6 +48,7 @@ def _dvc_root(path:Path) -> Path|None:
 def _outs_of(doc:dict) -> list[dict]:
     return [o for o in (doc or {}).get("outs") or [] if isinstance(o, dict) and o.get("path")]
 
+# %% ../nbs/06a_lineage.ipynb #e581c11b
 def _dvc_file_record(target:Path) -> dict|None:
     "The `outs` entry of `<target>.dvc` describing `target`, if any."
     f = target.parent / (target.name + ".dvc")
@@ -87,6 +89,7 @@ def _rel(p:Path, root:Path|None) -> str:
     try: return str(p.resolve().relative_to(root.resolve())) if root else str(p)
     except ValueError: return str(p)
 
+# %% ../nbs/06a_lineage.ipynb #1812fe5d
 def _in_sync(rec:dict) -> str:
     if rec["target"].is_dir() or not rec["target"].exists() or rec.get("hash") not in ("md5", None): return "unknown"
     h = hashlib.md5()
@@ -117,6 +120,7 @@ def _data_path(params) -> str|None:
     if not isinstance(src, str) or ":" in src.split("/")[0] or not Path(src).exists(): return None
     return src
 
+# %% ../nbs/06a_lineage.ipynb #434147d0
 def lineage_tags(*, pipeline:str, params=None, data_fingerprint:str|None=None, seed:int|None=None,
                  data_path:str|Path|None=None) -> dict[str, str]:
     "The `mlkit.*` lineage tags of a run."

@@ -49,6 +49,7 @@ def category_counts(s:pd.Series, # a categorical, boolean or integer-coded colum
     if vc.index.has_duplicates: vc = vc.groupby(level=0).sum()        # e.g. 1 and "1" in one object column
     return vc.iloc[np.lexsort((vc.index.to_numpy(dtype=object), -vc.to_numpy()))]
 
+# %% ../nbs/03_profile.ipynb #4202d59c
 def profile_categorical(s:pd.Series, # one categorical or boolean column of the reference data
                         *, max_categories:int=50, # categories kept by name; the rest are pooled as "other"
                        ) -> dict:

@@ -32,6 +32,7 @@ class _Client:
                 raise
         return call
 
+# %% ../nbs/09_registry.ipynb #d6eead16
 def get_client():
     "An `MlflowClient` on mlkit's tracking store (`MLFLOW_TRACKING_URI`, default ./mlflow.db); server refusals are named."
     from mlflow import MlflowClient
@@ -61,6 +62,7 @@ def find_model(name:str, # registered model name
     hint = did_you_mean(name, names) or (f"; registered models: {names}" if names else "; no model is registered yet (train with model_name set, or `mlkit promote NAME --run RUN_ID`)")
     raise RegistryError(f"no registered model '{name}' in {redact(tracking_uri())}{hint}")
 
+# %% ../nbs/09_registry.ipynb #a87e5e7c
 def find_version(name:str, version:str|int):
     "Version `version` of registered model `name`; RegistryError listing the existing versions when there is none."
     from mlflow.exceptions import MlflowException
@@ -72,6 +74,7 @@ def find_version(name:str, version:str|int):
     have = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     raise RegistryError(f"registered model '{name}' has no version '{version}'; existing versions: {have}")
 
+# %% ../nbs/09_registry.ipynb #ea931e68
 def find_run(run_id:str):
     "The MLflow run `run_id`; RegistryError when the store has no such run."
     from mlflow.exceptions import MlflowException
@@ -110,6 +113,7 @@ def _intended_use(mv, run, task:str|None) -> str:
         "not validated for other populations, time periods or decisions without human review. "
         "Check the fairness slices before use on people.")
 
+# %% ../nbs/09_registry.ipynb #f1d09942
 def make_model_card(name:str, version:str|int, *, verdict:dict|None=None, fairness:pd.DataFrame|None=None) -> str:
     "The Markdown model card of version `version` of `name`."
     client, mv = get_client(), find_version(name, version)
@@ -145,6 +149,7 @@ def log_model_card(name:str, version:str|int, **kw) -> str:
     client.set_model_version_tag(name, mv.version, "mlkit.model_card", uri)
     return uri
 
+# %% ../nbs/09_registry.ipynb #c489c3a6
 def read_model_card(name:str, version:str|int) -> str:
     "The current model card of `name` v`version`."
     import mlflow
@@ -160,6 +165,7 @@ def version_lineage(run) -> dict[str, str]:
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("mlkit.") and not k.startswith(_SKIP_TAGS)}
     return {**tags, "mlkit.run_id": run.info.run_id, "mlkit.experiment_id": run.info.experiment_id}
 
+# %% ../nbs/09_registry.ipynb #5a0e3109
 def annotate_version(name:str, version:str|int, *, card:bool=True):
     "Copy the training run's lineage onto version `version` of `name` (and write its model card when it has none); returns the version."
     client, mv = get_client(), find_version(name, version)
@@ -206,6 +212,7 @@ def set_alias(name:str, alias:str, version:str|int) -> None:
     find_version(name, version)
     get_client().set_registered_model_alias(name, alias, str(version))
 
+# %% ../nbs/09_registry.ipynb #b86ce4a0
 def delete_alias(name:str, alias:str) -> None:
     "Remove `alias` from `name` (no error when it is not set)."
     if alias in find_model(name).aliases: get_client().delete_registered_model_alias(name, alias)
@@ -234,7 +241,9 @@ def read_history(name:str) -> list[dict]:
     "The alias history of `name`, oldest first."
     return _entries(find_model(name))
 
+# %% ../nbs/09_registry.ipynb #91a1378c
 def _key(seq:int) -> str: return f"{HISTORY_PREFIX}{seq:06d}"
+
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 # %% ../nbs/09_registry.ipynb #97c9bd57
@@ -245,6 +254,7 @@ def _champion(rm) -> str|None:
     v = rm.aliases.get("champion")
     return str(v) if v is not None else None
 
+# %% ../nbs/09_registry.ipynb #26d459fb
 def _pending(name:str, seq:int):
     "The claim of entry `seq` of `name`, or None."
     from mlflow.exceptions import MlflowException
@@ -253,6 +263,7 @@ def _pending(name:str, seq:int):
         if _not_found(e): return None
         raise
 
+# %% ../nbs/09_registry.ipynb #87d66f18
 def _drop(name:str, seq:int) -> None:
     "Delete a claim (gone already, or another user's that we may not delete: left for its owner or an admin)."
     from mlflow.exceptions import MlflowException
@@ -293,6 +304,7 @@ def _unchanged(name:str, current:str|None) -> bool:
     try: return _champion(find_model(name)) == current
     except Exception: return False   # cannot tell (the server is gone): leave the claim to expire and be recorded
 
+# %% ../nbs/09_registry.ipynb #7c62a37e
 def _apply(name:str, seq:int, entry:dict, current:str|None, started:float) -> bool:
     "Move the alias and write entry `seq` under our claim; False (claim dropped) when `seq` was taken meanwhile."
     try:
@@ -314,6 +326,7 @@ def _external(last:str|None, current:str|None) -> dict:
     return {"action": "external", "from_version": last, "to_version": current, "challenger": current, "verdict": "n/a",
             "metrics": {}, "reason": "champion alias changed outside mlkit"}
 
+# %% ../nbs/09_registry.ipynb #c9d39bf5
 def _commit(name:str, decide) -> dict:
     "Append the entry `decide(current, history)` returns and move `champion` to its `to_version`, atomically across machines."
     seen = {}
@@ -335,6 +348,7 @@ def _last_move(hist:list[dict]) -> str:
     h = hist[-1] if hist else {}
     return f"{h.get('who', '?')} {h.get('action', 'moved')} v{h.get('from_version')} → v{h.get('to_version')} at {h.get('when', '?')} (history #{h.get('seq', '?')})"
 
+# %% ../nbs/09_registry.ipynb #11148a3d
 def move_champion(name:str, to_version:str|int|None, *, expected_from:str|int|None, action:str="promote",
                   challenger:str|int|None=None, verdict:str="n/a", metrics:dict|None=None, reason:str|None=None, **extra) -> dict:
     "Point `champion` at `to_version` and append the history entry, atomically; `to_version=None` records a refusal (alias unchanged)."
@@ -358,6 +372,7 @@ def champion_stack(history:list[dict]) -> list[str]:
         elif h["action"] == "rollback" and stack: stack.pop()
     return stack
 
+# %% ../nbs/09_registry.ipynb #2128bad8
 def rollback_champion(name:str, *, reason:str|None=None) -> dict:
     "Point `champion` back at the previous champion recorded in the history; returns the history entry."
     seen = []

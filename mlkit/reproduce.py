@@ -23,6 +23,7 @@ class Record:
     params: dict          # {"notebook", "schema", "params" (injected), "effective"} from mlkit/params.json
     notes: list = field(default_factory=list)
 
+# %% ../nbs/08c_reproduce.ipynb #2974e7f9
 def read_record(run_id:str) -> Record:
     "The record of run `run_id`; RegistryError when the run does not exist or predates the record."
     import mlflow
@@ -42,6 +43,7 @@ def package_differences(recorded:dict, installed:dict) -> list[str]:
     return [f"{k} {recorded.get(k, '-')} (recorded) → {installed.get(k, 'not installed')} (installed)"
             for k in sorted(set(recorded) | set(installed)) if recorded.get(k) != installed.get(k)]
 
+# %% ../nbs/08c_reproduce.ipynb #53d18e2f
 def data_differences(inputs:dict, params_files:dict) -> list[str]:
     "Messages for the data files whose content changed since the run (recorded hashes in `inputs['data']`)."
     out = []
@@ -57,6 +59,7 @@ def _git(cwd, *args, check=True) -> str:
     if check and r.returncode != 0: raise RunnerError(f"git {' '.join(args[:2])} failed in {cwd}: {r.stderr.strip()[:300]}")
     return r.stdout.strip()
 
+# %% ../nbs/08c_reproduce.ipynb #ac8fd55d
 def checkout_commit(notebook:Path, commit:str) -> tuple[Path, Path]:
     "(worktree, the notebook inside it) for `commit` of the repository holding `notebook`; RunnerError when the commit is not there."
     root = Path(_git(notebook.parent if notebook.parent.exists() else Path.cwd(), "rev-parse", "--show-toplevel"))
@@ -67,6 +70,7 @@ def checkout_commit(notebook:Path, commit:str) -> tuple[Path, Path]:
     _git(root, "worktree", "add", "--detach", str(wt), commit)
     return wt, wt / notebook.resolve().relative_to(root)
 
+# %% ../nbs/08c_reproduce.ipynb #37aeb7a5
 def remove_worktree(wt:Path) -> None:
     "Remove a worktree made by `checkout_commit`."
     subprocess.run(["git", "-C", str(wt), "worktree", "remove", "--force", str(wt)], capture_output=True)
@@ -98,6 +102,7 @@ def _metrics_table(recorded:dict, reproduced:dict):
     t = pd.DataFrame({"metric": keys, "recorded": [recorded.get(k) for k in keys], "reproduced": [reproduced.get(k) for k in keys]})
     return t.assign(difference=t["reproduced"].astype(float) - t["recorded"].astype(float))
 
+# %% ../nbs/08c_reproduce.ipynb #bafe5f52
 def _code_for(rec:Record, notes:list):
     "(notebook to run, worktree or None) for the record's notebook at its recorded commit."
     from mlkit.runner import is_packaged
