@@ -1,6 +1,6 @@
 """Drift report on 1,000,000 rows x 20 features against a reference profile (goal: under 2 s).
 
-Candidate: mlkit.monitor.drift_report against the profile stored with the model (no raw training data).
+Candidate: mlkit.drift.drift_report against the profile stored with the model (no raw training data).
 Baseline, same run: the naive way with the raw reference sample — scipy.stats.ks_2samp per numeric feature, and pandas
 value_counts + scipy.stats.chi2_contingency per categorical feature, plus PSI on numpy histograms.
 Reference library: Evidently 0.7.23 measured on this machine (/work/shared/STACK.md), ~50 s for 20 columns, 100k reference /
@@ -13,7 +13,7 @@ import numpy as np, pandas as pd
 from scipy.stats import chi2_contingency, ks_2samp
 
 from mlkit.profile import make_profile
-from mlkit.monitor import drift_report, MonitorParams
+from mlkit.drift import drift_report, DriftParams
 
 EVIDENTLY_S, NANNYML_S = 50.0, 3.0          # STACK.md, same shape, same machine
 
@@ -61,7 +61,7 @@ def main():
     ref, cur = make_frames(a.ref_rows, a.rows)
     schema = {"columns": {c: {"kind": "numeric" if ref[c].dtype.kind == "f" else "categorical"} for c in ref}}
     t = time.perf_counter(); profile = make_profile(ref, schema=schema); t_profile = time.perf_counter() - t
-    params = MonitorParams(min_rows=1)
+    params = DriftParams(min_rows=1)
     times = []
     for _ in range(a.repeats):
         t = time.perf_counter(); rep = drift_report(cur, profile, params=params); times.append(time.perf_counter() - t)

@@ -11,7 +11,8 @@ from mlkit.data import make_credit_data, infer_schema
 from mlkit.evaluate import compute_metrics
 from mlkit.features import make_preprocessor
 from mlkit.profile import make_profile
-from mlkit.monitor import MonitorParams, adjust_pvalues, check_batch, compare_categorical, compare_numeric, drift_report
+from mlkit.drift import adjust_pvalues, check_batch, compare_categorical, compare_numeric, drift_report
+from mlkit.monitor import MonitorParams
 
 NOT_FEATURES = ("default", "id", "application_date")
 
