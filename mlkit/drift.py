@@ -95,32 +95,32 @@ def _psi(ref_counts, cur_counts) -> float:
     r, c = r / r.sum(), c / c.sum()
     return float(np.sum((c - r) * np.log(c / r)))
 
-def _ks_pvalue(d:float, n_ref:int, n_cur:int) -> float:
-    "Asymptotic two-sample KS p-value of distance `d` (effective size n·m/(n+m), as scipy's `ks_2samp`)."
+def _ks_pvalue(d:float, n_ref:int, n_cur:int, grid:int=0) -> float:
+    "Asymptotic two-sample KS p-value of `d` (size n·m/(n+m), as `ks_2samp`); `grid`: `d` was read on that quantile grid."
     from scipy.stats import kstwo
-    en = n_ref * n_cur / (n_ref + n_cur)
-    return float(kstwo.sf(d, max(int(round(en)), 1)))
+    en, m = n_ref * n_cur / (n_ref + n_cur), min(n_ref, n_cur) / max(grid - 1, 1)  # m: values per grid interval
+    shift = 0.5826 * m / (m + 1) * math.sqrt(1 / ((grid - 1) * en)) if grid > 1 else 0.0
+    return float(kstwo.sf(d + shift, max(int(round(en)), 1)))
 
 # %% ../nbs/14_drift.ipynb #ecc36d7d
 def compare_numeric(values, # the batch's column (NaN = missing)
                     prof:dict, # its numeric profile
                    ) -> dict:
     "KS distance and p-value, PSI and the missing rate of one numeric column against its profile."
-    v = np.sort(np.asarray(values, dtype=float)); n_rows = len(v)       # NaNs sort last
-    n = n_rows - int(np.count_nonzero(np.isnan(v)))
-    x, N = v[:n], prof["n"]
+    v = np.asarray(values, dtype=float); n_rows = len(v)
+    ok = ~np.isnan(v); n, N = int(ok.sum()), prof["n"]
     out = dict(n=n, missing=1 - n/n_rows if n_rows else 0.0, statistic=np.nan, p_value=np.nan, distance=np.nan,
                psi=np.nan)
     if n == 0 or N == 0: return out
-    pts, rc = np.asarray(prof["points"]), np.cumsum(prof["counts"])
-    fr, fr_prev = rc[:-1] / N, np.r_[0.0, rc[:-2] / N]
-    fc, fc_left = np.searchsorted(x, pts, "right") / n, np.searchsorted(x, pts, "left") / n
-    atom = np.asarray(prof["counts"][:-1]) > N / max(prof.get("grid", len(pts)) - 1, 1)
-    atom[0] = True                                           # no reference mass left of the minimum
-    d = max(np.abs(fc - fr).max(), np.abs(fc_left - fr_prev)[atom].max())
-    edges = np.searchsorted(pts, prof["bin_edges"])
-    rb = np.diff(np.r_[0, rc[edges], N]); cb = np.diff(np.r_[0, np.searchsorted(x, prof["bin_edges"], "right"), n])
-    return out | dict(statistic=float(d), p_value=_ks_pvalue(d, N, n), distance=float(d), psi=_psi(rb, cb),
+    x = v if n == n_rows else v[ok]
+    pts, rc = np.asarray(prof["points"], dtype=float), np.cumsum(prof["counts"])
+    cc = np.cumsum(np.bincount(np.searchsorted(pts, x), minlength=len(pts) + 1))   # cc[i]: batch values <= pts[i]
+    fr, fc = rc[:-1] / N, cc[:-1] / n
+    d = max(float(np.abs(fc - fr).max()), np.count_nonzero(x < pts[0]) / n)       # at the points; below the minimum
+    g = prof.get("grid", len(pts)) if len(pts) >= 0.95 * prof.get("grid", len(pts)) else 0   # continuous: a quantile grid
+    e = np.searchsorted(pts, prof["bin_edges"])                                     # the PSI edges are points
+    rb, cb = np.diff(np.r_[0, rc[e], N]), np.diff(np.r_[0, cc[e], n])
+    return out | dict(statistic=d, p_value=_ks_pvalue(d, N, n, g), distance=d, psi=_psi(rb, cb),
                       curve=dict(points=pts, ref_cdf=fr, cur_cdf=fc, ref_bins=rb, cur_bins=cb))
 
 # %% ../nbs/14_drift.ipynb #39c25533
@@ -250,7 +250,7 @@ def _status(t:pd.DataFrame, params:DriftParams) -> pd.DataFrame:
     floor = np.select([test == "missing", perf], [L("missing_rate_delta"), L("performance_tolerance")], L("d_min"))
     big = (dist >= floor) | (psi >= L("psi_alert"))
     alert = (sig & big) | (perf & big & (t["n"].to_numpy() >= params.min_labels))
-    warn = ~alert & (big | (psi >= L("psi_warn")) | (perf & (dist >= floor / 2)))
+    warn = ~alert & (sig | big | (psi >= L("psi_warn")) | (perf & (dist >= floor / 2)))
     return t.assign(status=np.select([alert, warn], ["alert", "warn"], "ok"))
 
 # %% ../nbs/14_drift.ipynb #045cf9ac
@@ -276,9 +276,9 @@ class DriftReport:
                 f"n_rows={self.n_rows})")
 
 # %% ../nbs/14_drift.ipynb #5a0c1b44
-def _prediction_rows(predictions, profile:dict, n:int, classes=None) -> tuple[list[dict], dict | None]:
-    "The prediction-drift rows of the model's outputs on the batch."
-    s = prediction_values(predictions)[0]
+def _prediction_rows(predictions, profile:dict, n:int) -> tuple[list[dict], dict | None]:
+    "The prediction-drift rows of the model's outputs, labelled as the profile labelled them (its `classes`)."
+    s = prediction_values(predictions, classes=profile["predictions"].get("classes"))[0]
     return _column_rows("prediction", profile["predictions"], s, "prediction", n)
 
 # %% ../nbs/14_drift.ipynb #7a1b2c3d
@@ -316,7 +316,7 @@ def drift_report(batch:pd.DataFrame, # the new data (features; extra columns are
         predictions = predict_for_profile(model, batch, profile)
     classes = getattr(model, "classes_", None) if model is not None else profile.get("predictions", {}).get("classes")
     if predictions is not None and "predictions" in profile and params.prediction_drift:
-        r, curves["prediction"] = _prediction_rows(predictions, profile, n, classes); rows += r
+        r, curves["prediction"] = _prediction_rows(predictions, profile, n); rows += r
     if y is not None:
         r, curves["target"] = _label_rows(y, batch, profile, predictions, classes, params=params, task=task,
                                           holdout=holdout_metrics); rows += r

@@ -15,7 +15,7 @@ from .drift import (DriftParams, DriftReport, drift_report, report_payload, repo
                          plot_drift)
 
 # %% auto #0
-__all__ = ['MonitorParams', 'parse_duration', 'read_batch', 'batch_labels', 'post_webhook', 'webhook_warning',
+__all__ = ['MonitorParams', 'parse_duration', 'read_batch', 'batch_labels', 'url_origin', 'post_webhook', 'webhook_warning',
            'load_monitored_model', 'flagged_figures', 'report_html', 'log_report', 'retrain_and_gate', 'monitor_sets',
            'check_monitor_params', 'cli_monitor']
 
@@ -108,28 +108,39 @@ def batch_labels(batch:pd.DataFrame, # the batch
                            "check that they describe this batch")
     return y.set_axis(batch.index)
 
+# %% ../nbs/14a_monitor.ipynb #1a2b3c4d
+def url_origin(url:str) -> str:
+    "`scheme://host[:port]` of `url` — all of a webhook URL that may be printed or stored (its path and query may be a secret)."
+    from urllib.parse import urlsplit
+    try: u = urlsplit(str(url)); port = f":{u.port}" if u.port else ""
+    except ValueError: return "<invalid URL>"
+    return f"{u.scheme}://{u.hostname}{port}" if u.scheme and u.hostname else "<invalid URL>"
+
 # %% ../nbs/14a_monitor.ipynb #ab31bbcb
 def post_webhook(url:str, # http(s) URL
                  payload:dict, # JSON-serializable body
                  *, timeout:float=5.0) -> int:
-    "POST `payload` as JSON to `url`; returns the HTTP status, MonitorError when it cannot be delivered."
+    "POST `payload` as JSON to `url`; returns the HTTP status, MonitorError (naming only scheme and host) when it fails."
     import urllib.request, urllib.error
+    where = url_origin(url)
+    if not where.startswith(("http://", "https://")):
+        raise MonitorError(f"the webhook must be an http(s) URL; got {where}: check the webhook setting")
     req = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "User-Agent": "mlkit-monitor"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: return r.status
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = str(getattr(e, "reason", e))
+        reason = str(getattr(e, "reason", None) or type(e).__name__).replace(url, where)
         if "mlflow" in sys.modules and sys.modules["mlflow"].active_run():  # so `mlkit monitor` can say why
             sys.modules["mlflow"].set_tag("mlkit.monitor.webhook_error", reason[:500])
-        raise MonitorError(f"webhook {url} failed: {reason}; check the URL and that the receiver is up") from None
+        raise MonitorError(f"webhook POST to {where} failed: {reason}; check the URL and that the receiver is up") from None
 
 # %% ../nbs/14a_monitor.ipynb #1e2f3a4b
 def webhook_warning(tags:dict, url:str|None) -> str|None:
     "The stderr line for a monitor run whose webhook POST failed (from its tags), else None."
     if not url or tags.get("mlkit.monitor.webhook") != "failed": return None
-    why = tags.get('mlkit.monitor.webhook_error') or 'see the executed notebook in the monitor run'
-    return f"warning: webhook POST to {url} failed: {why}"
+    why = tags.get("mlkit.monitor.webhook_error") or "see the monitor run"
+    return f"warning: webhook POST to {url_origin(url)} failed: {why}"
 
 # %% ../nbs/14a_monitor.ipynb #0ccff5a7
 def load_monitored_model(uri:str) -> dict:
