@@ -500,7 +500,8 @@ def test_cli_bad_input_is_a_clear_error_not_0_or_3(in_store, tmp_path, monkeypat
     "In process through `mlkit.cli.main`: the exit code and the one-line message on stderr."
     import re
     from mlkit.cli import main
-    for var in ("OMP_WAIT_POLICY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL"): monkeypatch.setenv(var, "")
+    for var, value in (("OMP_WAIT_POLICY", "PASSIVE"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+                       ("MLFLOW_LOGGING_LEVEL", "WARNING")): monkeypatch.setenv(var, value)     # what main() would set
     monkeypatch.chdir(tmp_path); make(tmp_path)
     code = main(["monitor", "--model", in_store["credit"], *args])
     err = capsys.readouterr().err
