@@ -64,10 +64,10 @@ COMMANDS = {
     "serve": _cmd("mlkit.commands:cli_serve", "serve a model over HTTP (MLflow's /invocations, the V2 protocol, /predict, /metrics, ...)",
         options="mlkit.params:ServeParams"),
     "score": _cmd("mlkit.commands:cli_score", "batch-score a CSV/Parquet file in bounded memory", options="mlkit.params:ScoreParams"),
-    "monitor": _cmd("mlkit.monitor:cli_monitor", "drift and performance report; exit 0 healthy, 3 alert, other on error",
+    "monitor": _cmd("mlkit.commands:cli_monitor", "drift and performance report; exit 0 healthy, 3 alert, other on error",
         _PARAMS, _SET,
         (("--from-log",), dict(dest="from_log", nargs="?", const="prediction_log", default=None, metavar="LOG_DIR", help="read the serving prediction log (default folder: prediction_log)")),
-        schema="monitor", flags=("model", "input", "since", "labels", "webhook", "retrain")),
+        schema="monitor", flags=("model", "input", "since", "labels", "webhook", "pushgateway", "retrain")),
 }
 
 # %% ../nbs/15_cli.ipynb #5a1c0001

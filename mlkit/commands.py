@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 
 # %% auto #0
-__all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_demo_data', 'cli_runs', 'cli_tune', 'cli_params',
-           'cli_pipelines', 'cli_kernel', 'cli_new']
+__all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_demo_data', 'cli_runs', 'cli_monitor', 'cli_tune',
+           'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
 
 # %% ../nbs/15a_commands.ipynb #24b077db
 def cli_run(args) -> int:
@@ -74,6 +74,22 @@ def cli_runs(args) -> int:
     print(format_runs(df))
     if not df.empty and args.plot: plot_runs(df, path=args.plot); print(f"plot: {args.plot}")
     return 0
+
+# %% ../nbs/15a_commands.ipynb #c0ad0m02
+def cli_monitor(args) -> int:
+    "`mlkit monitor [--input FILE | --from-log [DIR]] [--model URI] ...`: 0 healthy, 3 alert, 2 unusable input."
+    from mlkit.core import MonitorError
+    from mlkit.monitor import format_result, monitor_params, monitor_sets, read_monitor_result, webhook_warning
+    from mlkit.runner import run_notebook
+    sets = monitor_sets(sets=args.set, from_log=args.from_log)
+    monitor_params(params_path=args.params, sets=sets)                     # the mistakes that need no data, before anything
+    r = run_notebook("monitor", params=args.params, sets=sets, engine="inprocess", force=True)
+    if r.status != "FINISHED":
+        raise MonitorError(f"{r.error.split(' raised ', 1)[-1]} (monitor run {r.run_id} is {r.status}; its executed notebook is attached)")
+    result = read_monitor_result(r.run_id)
+    print(format_result(result))
+    if (w := webhook_warning(result)): print(w, file=sys.stderr)
+    return result.exit_code
 
 # %% ../nbs/15a_commands.ipynb #c0ad0t02
 def cli_tune(args) -> int:

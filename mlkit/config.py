@@ -105,7 +105,7 @@ SCHEMAS: dict[str, str] = {
     "tune": "mlkit.tune:TuneParams",
     "promote": "mlkit.gate:PromoteParams",
     "compare": "mlkit.gate:CompareParams",
-    "monitor": "mlkit.monitor:MonitorParams",
+    "monitor": "mlkit.params:MonitorParams",
 }
 
 def register_schema(pipeline:str, schema:type|str) -> None:

@@ -9,7 +9,7 @@ from pydantic import Field
 from .config import Section
 
 # %% auto #0
-__all__ = ['ServeParams', 'ScoreParams']
+__all__ = ['ServeParams', 'ScoreParams', 'Thresholds', 'FeatureOverride', 'DriftParams', 'MonitorParams']
 
 # %% ../nbs/01a_params.ipynb #07400002
 class ServeParams(Section):
@@ -48,3 +48,63 @@ class ScoreParams(Section):
                                                       "the pipeline impute nulls (as MLflow does), or refuse all three")
     trust: list[str] | None = Field(None, description="modules whose classes the model may hold, beside scikit-learn's (repeatable); "
                                                    "default: $MLKIT_TRUSTED_MODULES or trusted_modules in settings.ini")
+
+# %% ../nbs/01a_params.ipynb #9a7a0100
+class Thresholds(Section):
+    "When a test warns and when it alerts."
+    psi_warn: float = Field(0.1, ge=0, description="PSI from which a feature is reported as 'warn' (does not alert)")
+    psi_alert: float = Field(0.2, ge=0, description="PSI from which a significant difference is large enough to alert")
+    ks_alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the KS tests (after the correction)")
+    d_min: float = Field(0.05, ge=0, le=1, description="distance (KS for numeric, largest change of a category's share "
+                         "for categorical) from which a significant difference is large enough to alert")
+    chi2_alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the chi-squared tests (corrected)")
+    missing_alpha: float = Field(0.05, gt=0, lt=1, description="level of the missing-rate tests (corrected)")
+    missing_rate_delta: float = Field(0.1, ge=0, le=1, description="change of a missing rate large enough to alert")
+    performance_tolerance: float = Field(0.1, ge=0, description="relative loss of the primary metric that alerts")
+
+# %% ../nbs/01a_params.ipynb #9a7a0101
+class FeatureOverride(Section):
+    "Thresholds for one feature; unset fields keep the global value."
+    ignore: bool = Field(False, description="leave this feature out of the tests and the verdict")
+    psi_warn: float | None = Field(None, ge=0, description="PSI warn level for this feature")
+    psi_alert: float | None = Field(None, ge=0, description="PSI alert level for this feature")
+    d_min: float | None = Field(None, ge=0, le=1, description="distance alert level for this feature")
+    missing_rate_delta: float | None = Field(None, ge=0, le=1, description="missing-rate alert level, this feature")
+
+# %% ../nbs/01a_params.ipynb #9a7a0102
+class DriftParams(Section):
+    "What a drift report needs: batch size limits, the multiple-testing correction, thresholds, per-feature overrides."
+    min_rows: int = Field(100, ge=1, description="fewest rows a batch must have to be judged (fewer is an error)")
+    min_labels: int = Field(100, ge=1, description="fewest labelled rows needed to judge performance")
+    correction: Literal["holm", "bonferroni", "fdr_bh", "none"] = Field(
+        "holm", description="multiple-testing correction across features and tests")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="test thresholds (see Thresholds)")
+    features: dict[str, FeatureOverride] = Field(
+        {}, description="per-feature overrides, e.g. {income: {psi_alert: 0.3}, id: {ignore: true}}")
+    prediction_drift: bool = Field(True, description="a drift of the model's predictions raises an alert")
+    performance_metric: str | None = Field(None, description="metric compared with holdout (default: primary)")
+
+# %% ../nbs/01a_params.ipynb #9a7a0103
+class MonitorParams(DriftParams):
+    "Parameters of the monitor pipeline: the drift report's (`DriftParams`) and the job's."
+    experiment: str = Field("mlkit-monitor", min_length=1, description="MLflow experiment of the monitoring runs")
+    model: str = Field("models:/credit@champion",
+                       description="the monitored model: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model")
+    input: str | None = Field(None, description="batch to check: a .csv/.parquet file; exclusive with from_log")
+    from_log: bool = Field(False, description="read the batch from the serving prediction log instead of `input`")
+    log_dir: str = Field("prediction_log", description="folder of the serving prediction log (Parquet files)")
+    since: str | None = Field(None, description="with from_log: only rows of this window, e.g. '24h', '7d'; null = all")
+    labels: str | None = Field(None, description="labelled outcomes (.csv/.parquet with the id column and the target): "
+                               "target drift, performance, retraining")
+    id_column: str | None = Field(None, description="column joining labels to the batch; null = the model's id column")
+    target: str | None = Field(None, description="target column of the labels; null = the model's target")
+    webhook: str | None = Field(None, description="URL the alert is POSTed to as JSON (only on an 'alert' verdict); a secret: never logged",
+                                json_schema_extra={"secret": True})
+    webhook_timeout: float = Field(5.0, gt=0, description="seconds to wait for the webhook")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway the drift metrics are pushed to, e.g. http://pushgateway:9091",
+                                    json_schema_extra={"secret": True})
+    plots: bool = Field(True, description="log distribution overlays of the alerted (then warned) features")
+    max_plots: int = Field(8, ge=0, description="most overlay plots logged")
+    retrain: bool = Field(False, description="on alert, retrain on `labels` and submit the new version to the gate")
+    train_params: str | None = Field(None, description="params file of the retraining run (null: the train defaults)")
+    promote_params: str | None = Field(None, description="params file of the promotion gate (null: its defaults)")
