@@ -160,8 +160,9 @@ def main(argv=None) -> int:
         from mlkit import __version__; print(__version__); return 0
     if not args.command: make_parser().print_help(); return 0
     try: return _call(args.handler, args)
-    except MlkitError as e:
-        print(f"error: {e}", file=sys.stderr); return e.exit_code
+    except MlkitError as e:   # one line, and never a secret: URLs and tokens in any message are masked here, where it is printed
+        from mlkit.core import redact
+        print(f"error: {redact(str(e))}", file=sys.stderr); return e.exit_code
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", None)
         print(f"{e or 'interrupted'}", file=sys.stderr); return 128 + signum if signum else 130

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, os, shutil, subprocess, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import RegistryError, RunnerError
+from .core import RegistryError, RunnerError, redact
 from . import lineage, tracking
 from .cache import file_sha
 
@@ -30,7 +30,7 @@ def read_record(run_id:str) -> Record:
     from mlflow.exceptions import MlflowException
     client = mlflow.MlflowClient(tracking.configure())
     try: run = client.get_run(run_id)
-    except MlflowException: raise RegistryError(f"no run '{run_id}' in {tracking.tracking_uri()}; see `mlkit runs`") from None
+    except MlflowException: raise RegistryError(f"no run '{run_id}' in {redact(tracking.tracking_uri())}; see `mlkit runs`") from None
     try: params = mlflow.artifacts.load_dict(f"runs:/{run_id}/mlkit/params.json")
     except Exception:
         raise RegistryError(f"run {run_id} has no mlkit/params.json: it was not made by `mlkit run` (or by an mlkit older than this "

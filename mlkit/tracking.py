@@ -139,9 +139,9 @@ def ensure_experiment(name:str) -> str:
             return exp.experiment_id if exp else client.create_experiment(name)
         except MlflowException as e:
             if "RESOURCE_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
-                raise TrackingError(f"cannot open MLflow experiment '{name}' at {tracking_uri()}: {str(e).splitlines()[0][:200]}; "
+                raise TrackingError(f"cannot open MLflow experiment '{name}' at {redact(tracking_uri())}: {str(e).splitlines()[0][:200]}; "
                                     "check MLFLOW_TRACKING_URI") from None
-    raise TrackingError(f"cannot create MLflow experiment '{name}' at {tracking_uri()}; try again")
+    raise TrackingError(f"cannot create MLflow experiment '{name}' at {redact(tracking_uri())}; try again")
 
 # %% ../nbs/07_tracking.ipynb #3f46d1a6
 def start_run(*, pipeline:str, params=None, experiment:str|None=None, run_id:str|None=None, nested:bool=False,

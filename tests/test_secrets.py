@@ -4,7 +4,7 @@
 they printed, every MLflow param, tag, registry tag and description, and every artifact the server stored (executed notebooks
 included) is searched for each secret, raw and percent-encoded.
 
-Where a secret still leaks from a chapter another engineer owns, that case is an `xfail(strict=True)` naming the leaking site."""
+Every secret is checked in every place it could land: printed, stored (params, tags, registry) and in artifacts."""
 import http.server, json, os, threading
 from pathlib import Path
 from urllib.parse import quote
@@ -111,23 +111,7 @@ def test_the_commands_really_ran(evidence):
 WHERE = {"printed": lambda p: p.endswith(("stdout", "stderr")),
          "stored": lambda p: p.startswith(("params", "tags", "registered model", MODEL)),
          "artifacts": lambda p: p.startswith(("artifact", "file"))}
-LEAK = lambda site: pytest.mark.xfail(strict=True, reason=f"leaks from {site}")
-CASES = [
-    pytest.param("tracking", "printed", marks=LEAK("mlkit/runner.py, runner.format_result (lines 241-242): `look at it: open {uri}` "
-                                                   "prints the tracking URI with its password after every `mlkit run`; and "
-                                                   "mlkit/tracking.py, resolve_model (lines 213, 219, 231) and _experiment (line 106) "
-                                                   "put the raw tracking_uri() in their errors (`mlkit serve --model models:/no-such...`)")),
-    ("tracking", "stored"), ("tracking", "artifacts"),
-    ("storage", "printed"), ("storage", "stored"),
-    pytest.param("storage", "artifacts", marks=LEAK("mlkit/tune.py, tune._run_workers (lines 554-555) → Workers.start (lines 502-503): "
-                                                    "the storage URL is a papermill parameter of each worker notebook, attached to the "
-                                                    "run under workers/*.ipynb with the password in its injected-parameters cell")),
-    ("webhook", "printed"),
-    pytest.param("webhook", "stored", marks=LEAK("nbs/pipelines/monitor.ipynb `tracking.start_run(pipeline='monitor', params=params)` → "
-                                                 "mlkit/tracking.py, log_params (line 133): the `webhook` param is logged unredacted")),
-    pytest.param("webhook", "artifacts", marks=LEAK("mlkit/runner.py, the papermill call (line 184): the webhook URL is injected as a "
-                                                    "parameter into the monitor notebook, attached as notebook/monitor.ipynb")),
-]
+CASES = [(secret, where) for secret in ("tracking", "storage", "webhook") for where in WHERE]
 
 
 @pytest.mark.parametrize("secret,where", CASES)

@@ -129,13 +129,9 @@ def test_train_tune_promote_serve_monitor_as_two_users(team, tmp_path):
     finally: restore(saved)
 
 
-RUNNER_THREAD = ("mlkit/runner.py, runner._warm_mlflow (line 143): its background thread talks to the server before "
-                 "tracking.configure() runs, with MLflow's default retries, and dies with a printed traceback beside mlkit's one line")
-
-
 @pytest.mark.parametrize("args", [
     ("promote", MODEL), ("history", MODEL), ("serve", "--model", f"models:/{MODEL}@champion", "--port", "9"),
-    pytest.param(("run", "train", "-p", ROOT / "params" / "ci.yaml"), marks=pytest.mark.xfail(strict=True, reason=RUNNER_THREAD))],
+    ("run", "train", "-p", ROOT / "params" / "ci.yaml")],
     ids=["promote", "history", "serve", "run-train"])
 def test_server_down_is_one_clear_line_and_fast(tmp_path, args):
     "Nothing listens on the port: one line naming the URL and the fix; the timeout bounds it far below MLflow's 4 minutes."
@@ -149,7 +145,7 @@ def test_server_down_is_one_clear_line_and_fast(tmp_path, args):
 
 @pytest.mark.parametrize("args", [
     ("promote", MODEL), ("runs",),
-    pytest.param(("run", "train", "-p", ROOT / "params" / "ci.yaml"), marks=pytest.mark.xfail(strict=True, reason=RUNNER_THREAD))],
+    ("run", "train", "-p", ROOT / "params" / "ci.yaml")],
     ids=["promote", "runs", "run-train"])
 def test_wrong_password_is_a_named_401(team, args):
     env = {**team["alice"], "MLFLOW_TRACKING_PASSWORD": "not-alices-password"}
