@@ -10,13 +10,13 @@ from pathlib import Path
 from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir, redact
 from .config import SCHEMAS, flatten_params, load_params, params_hash, read_yaml
 from . import lineage, tracking
-from .execute import KernelStart, execute_notebook, output_images, stop_on_signals, summarize_error
-from .cache import NEVER_REUSED, find_reusable, run_key
+from .execute import ENGINES, KernelStart, execute_notebook, import_nbformat, output_images, stop_on_signals, summarize_error
+from .cache import NEVER_REUSED, find_reusable, new_store, run_key
 
 # %% auto #0
 __all__ = ['DEDICATED', 'list_pipelines', 'resolve_notebook', 'read_notebook', 'is_packaged', 'pipeline_schema', 'Resolved',
-           'notebook_parameters', 'resolve_parameters', 'check_model_params', 'check_before_kernel', 'create_run',
-           'reap_orphans', 'RunResult', 'contract_cell', 'run_notebook', 'key_metrics', 'format_result']
+           'notebook_parameters', 'resolve_parameters', 'check_model_params', 'check_before_kernel', 'choose_engine',
+           'create_run', 'reap_orphans', 'RunResult', 'contract_cell', 'run_notebook', 'key_metrics', 'format_result']
 
 # %% ../nbs/08b_runner.ipynb #536c6e82
 def list_pipelines() -> list[str]:
@@ -40,8 +40,7 @@ def resolve_notebook(pipeline:str) -> Path:
 # %% ../nbs/08b_runner.ipynb #8d7c1128
 def read_notebook(path:Path):
     "The notebook at `path` as a NotebookNode; RunnerError when it is not a notebook."
-    import nbformat
-    try: return nbformat.read(str(path), as_version=4)
+    try: return import_nbformat().read(str(path), as_version=4)
     except Exception as e:
         raise RunnerError(f"'{path}' is not a readable Jupyter notebook ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                           "open and save it in JupyterLab") from None
@@ -123,22 +122,25 @@ def _hide_secrets(p) -> tuple[dict, dict]:
     return doc, env
 
 # %% ../nbs/08b_runner.ipynb #8d7c1130
+def _parameters_cell(nb):
+    return next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+
 def notebook_parameters(nb) -> dict:
     "The parameters declared in the cell tagged `parameters` of notebook `nb` (a NotebookNode or path), {} when it has none."
     from papermill.translators import PythonTranslator
-    nb = read_notebook(nb) if isinstance(nb, (str, Path)) else nb
-    cell = next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    cell = _parameters_cell(read_notebook(nb) if isinstance(nb, (str, Path)) else nb)
     return {} if cell is None else {p.name: p._asdict() for p in PythonTranslator.inspect(cell)}
 
 def resolve_parameters(nb_path:Path, *, params=None, sets=(), experiment:str|None=None, nb=None) -> Resolved:
     "The checked parameters of notebook `nb_path` (`params`: a YAML file or a mapping; `sets`: `key=value` overrides)."
-    schema = pipeline_schema(nb_path)
-    declared = notebook_parameters(nb if nb is not None else nb_path)
-    if schema is not None:
+    schema, nb = pipeline_schema(nb_path), nb if nb is not None else read_notebook(nb_path)
+    if schema is not None:   # one of mlkit's pipelines: its parameters cell is `params = {...}` (no need to import papermill to see it)
         p = load_params(schema, params, sets, **({"experiment": experiment} if experiment else {}))
-        if "params" not in declared: raise RunnerError(f"pipeline notebook '{nb_path}' must declare `params = {{...}}` in its parameters cell")
+        if not re.search(r"^params\s*(:[^=\n]*)?=", getattr(_parameters_cell(nb), "source", ""), re.M):
+            raise RunnerError(f"pipeline notebook '{nb_path}' must declare `params = {{...}}` in its parameters cell")
         inject, env = _hide_secrets(p)
         return Resolved(schema, p, {"params": inject}, experiment or getattr(p, "experiment", "mlkit"), getattr(p, "seed", None), env)
+    declared = notebook_parameters(nb)
     over = _generic_params(declared, params, sets)
     if over and not declared:
         raise RunnerError(f"notebook '{nb_path}' has no cell tagged 'parameters', so nothing can be injected; tag the cell holding its "
@@ -168,6 +170,18 @@ def check_model_params(params) -> None:
 def check_before_kernel(r:Resolved) -> None:
     "The checks of a pipeline's parameters that need no data (or only a file's header)."
     if r.schema in ("train", "tune"): check_model_params(r.params)
+
+# %% ../nbs/08b_runner.ipynb #f1041495
+def choose_engine(nb_path:Path, engine:str|None=None) -> str:
+    "The engine asked for, else 'inprocess' for a pipeline shipped with mlkit and 'kernel' for a notebook of your own."
+    if engine is None: return "inprocess" if is_packaged(nb_path) else "kernel"
+    if engine not in ENGINES: raise ConfigError(f"unknown engine '{engine}'{did_you_mean(engine, ENGINES)}; use one of {list(ENGINES)}")
+    return engine
+
+def _warmup() -> str:
+    "What the kernel does while the runner prepares the run: the injected first cell's imports, and opening the store."
+    return "import mlflow, mlkit.tracking\nmlflow.MlflowClient(mlkit.tracking.configure())"
+
 
 # %% ../nbs/08b_runner.ipynb #5136bf78
 def _pid_start(pid:int) -> str:
@@ -237,7 +251,7 @@ class RunResult:
 
 def contract_cell(run_id:str):
     "The cell injected at the top of the notebook: it makes run `run_id` the active MLflow run of the execution."
-    import nbformat
+    nbformat = import_nbformat()
     src = (f"# Injected by `mlkit run`: this execution is MLflow run {run_id}; everything logged below records into it.\n"
            f"import mlkit.tracking; mlkit.tracking.attach({run_id!r})")
     return nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-mlkit-run"]})
@@ -245,14 +259,15 @@ def contract_cell(run_id:str):
 # %% ../nbs/08b_runner.ipynb #ac8c9ec0
 def _finish(run_id:str, out:Path, kernel_log:Path, status:str, error:str|None, tags:dict|None) -> None:
     "Attach the (possibly partial) executed notebook, its figures and the kernel log to `run_id`, then set its final status."
-    import mlflow, nbformat
+    import mlflow
+    nbformat = import_nbformat()
     from mlflow.entities import RunTag
     client = mlflow.MlflowClient(tracking.configure())
     steps = [("tags", lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in
                                                              {"mlkit.status": status, **({"mlkit.error": redact(error)} if error else {}), **(tags or {})}.items()])),
              ("notebook", lambda: out.exists() and client.log_artifact(run_id, str(out), "notebook")),
              ("figures", lambda: out.exists() and _log_images(client, run_id, nbformat.read(str(out), as_version=4))),
-             ("kernel log", lambda: kernel_log.exists() and kernel_log.stat().st_size and client.log_artifact(run_id, str(kernel_log), "notebook"))]
+             ("kernel log", lambda: kernel_log.exists() and client.log_artifact(run_id, str(kernel_log), "notebook"))]
     try:
         for what, step in steps:
             try: step()
@@ -269,7 +284,7 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
                  *, params=None,                # YAML params file, or a mapping of parameters
                  sets=(),                       # `key=value` overrides
                  experiment:str|None=None,      # MLflow experiment (default: the params' `experiment`, else 'mlkit')
-                 engine:str="kernel",           # "kernel" (a Jupyter kernel) or "inprocess" (this process)
+                 engine:str|None=None,          # "kernel", "inprocess"; None: in-process for mlkit's pipelines, else kernel
                  output_path:str|Path|None=None,# also keep the executed notebook here
                  timeout:int|None=1800,         # seconds per cell
                  tags:dict|None=None,           # extra tags on the run
@@ -282,6 +297,7 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
     nb_path = resolve_notebook(str(notebook))
     if nb_path.stem in DEDICATED and is_packaged(nb_path):
         raise RunnerError(f"the '{nb_path.stem}' notebook is a worker started by its own command: run `{DEDICATED[nb_path.stem]}`")
+    engine = choose_engine(nb_path, engine)
     nb = read_notebook(nb_path)
     r = resolve_parameters(nb_path, params=params, sets=sets, experiment=experiment, nb=nb)
     work = Path(tempfile.mkdtemp(prefix="mlkit-run-"))
@@ -301,22 +317,17 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
 # %% ../nbs/08b_runner.ipynb #9de5f2e5
 def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
     "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
-    import mlflow
-    starter = KernelStart(log_path=work / "kernel.log") if engine == "kernel" else None
+    new_store(tracking.tracking_uri())
+    starter = KernelStart(log_path=work / "kernel.log", warmup=_warmup()) if engine == "kernel" else None
     try:
         key, inputs = _key(nb_path, nb, r)
-        exp_id = tracking.ensure_experiment(r.experiment)
-        if key and not force and (old := find_reusable(key, exp_id)) is not None:
+        if key and not force and (old := find_reusable(key, r.experiment)) is not None:
             if starter: starter.stop()
             return _reused(old, nb_path)
         check_before_kernel(r)
         try: reap_orphans()
         except Exception: pass   # best effort: never let clean-up of old runs stop a new one
-        run_tags = {**_run_tags(nb_path, r, engine), **({"mlkit.cache_key": key, "mlkit.cache_inputs": json.dumps(inputs)} if key else {})}
-        run_id = create_run(experiment=r.experiment, run_name=f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags,
-                            params=r.logged, parent_run_id=parent_run_id)
-        mlflow.MlflowClient().log_dict(run_id, {"notebook": str(nb_path), "schema": r.schema, "params": r.inject,
-                                                "effective": r.inject if r.schema else r.params}, "mlkit/params.json")
+        run_id = _create(nb_path, r, engine, key, inputs, parent_run_id)
     except BaseException:
         if starter: starter.stop()
         raise
@@ -324,7 +335,7 @@ def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, paren
     try:
         nb.cells.insert(0, contract_cell(run_id))
         execute_notebook(nb, out, parameters=r.inject, engine=engine, kernel=starter.wait() if starter else None, timeout=timeout,
-                         cwd=os.getcwd(), progress=progress)
+                         cwd=os.getcwd(), progress=progress, log_path=work / "kernel.log")
         status = "FINISHED"
     except BaseException as e:
         error, status = summarize_error(e, timeout, own), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -336,6 +347,21 @@ def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, paren
     if stop is not None:
         print(f"run {run_id} is marked KILLED ({error}); its partial executed notebook is attached", file=sys.stderr)
         raise stop
+    return _result(run_id, nb_path, out, status, error)
+
+# %% ../nbs/08b_runner.ipynb #ebdd42ed
+def _create(nb_path:Path, r:Resolved, engine:str, key, inputs, parent_run_id) -> str:
+    "Create the RUNNING run with the params, lineage and cache key, and keep the resolved parameters with it; returns its id."
+    import mlflow
+    run_tags = {**_run_tags(nb_path, r, engine), **({"mlkit.cache_key": key, "mlkit.cache_inputs": json.dumps(inputs)} if key else {})}
+    run_id = create_run(experiment=r.experiment, run_name=f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags,
+                        params=r.logged, parent_run_id=parent_run_id)
+    mlflow.MlflowClient().log_dict(run_id, {"notebook": str(nb_path), "schema": r.schema, "params": r.inject,
+                                            "effective": r.inject if r.schema else r.params}, "mlkit/params.json")
+    return run_id
+
+def _result(run_id:str, nb_path:Path, out:Path, status:str, error) -> RunResult:
+    import mlflow
     run = mlflow.MlflowClient().get_run(run_id)
     return RunResult(run_id, status, nb_path.stem, out if out.exists() else None, error, dict(run.data.metrics), dict(run.data.tags),
                      run.info.experiment_id)
@@ -348,9 +374,8 @@ def _key(nb_path:Path, nb, r:Resolved):
     return run_key(nb, r.inject if r.schema else r.params, code_path=code, versions=lineage.package_versions())
 
 def _reused(run, nb_path:Path) -> RunResult:
-    "The result of an earlier run with the same inputs."
-    return RunResult(run.info.run_id, run.info.status, nb_path.stem, None, None, dict(run.data.metrics), dict(run.data.tags),
-                     run.info.experiment_id, reused=True)
+    "The result of an earlier run with the same inputs (a `mlkit.cache.Reusable`)."
+    return RunResult(run.run_id, run.status, nb_path.stem, None, None, run.metrics, run.tags, run.experiment_id, reused=True)
 
 # %% ../nbs/08b_runner.ipynb #67534505
 def key_metrics(metrics:dict, primary:str|None=None, limit:int=8) -> dict:
