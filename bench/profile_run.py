@@ -2,7 +2,8 @@
 
   phases    a timeline of the runner's steps (parent process) and of the kernel start, from wrappers put around the runner's functions
   parent    cProfile of the parent process (`python -m cProfile ... mlkit run ...`), top functions by cumulative time
-  imports   `python -X importtime` of the parent: the heaviest imports
+  imports   `python -X importtime` of the parent: the heaviest imports (with the in-process engine, the cells' own imports are
+            written to the execution's log, not shown here: see `cells`)
   cells     cProfile of the notebook's cells executed as one plain script (what the kernel spends), top functions
 
 Usage: python bench/profile_run.py [phases|parent|imports|cells] [NOTEBOOK] [mlkit run arguments ...]
@@ -45,12 +46,13 @@ def phases(args):
     os.chdir(d); os.environ.update(_env(d))
     _T0[0] = time.perf_counter()
     t_imp = time.perf_counter()
-    from mlkit import cli, runner, execute, tracking, cache, lineage
+    from mlkit import cli, runner, execute, tracking, cache, lineage, record
     print(f"  {time.perf_counter() - _T0[0]:7.2f}  import mlkit.cli, runner ({time.perf_counter() - t_imp:.2f} s)", file=sys.stderr)
-    for mod, names in ((runner, ["read_notebook", "resolve_parameters", "_key", "check_before_kernel", "reap_orphans", "create_run",
-                                 "_finish", "execute_notebook", "find_reusable", "_reused", "contract_cell"]),
-                       (tracking, ["ensure_experiment", "configure"]),
-                       (execute.KernelStart, ["_start", "wait", "stop"])):
+    for mod, names in ((runner, ["read_notebook", "resolve_parameters", "_key", "check_before_kernel", "_open", "_close",
+                                 "execute_notebook", "find_reusable", "_reused", "contract_cell", "new_store"]),
+                       (record, ["open_run", "close_run", "reap_orphans"]),
+                       (tracking, ["ensure_experiment"]),
+                       (execute.KernelStart, ["_start", "wait", "stop", "evaluate"])):
         for n in names:
             if hasattr(mod, n): _wrap(mod, n)
     if again:

@@ -4,13 +4,13 @@
 
 # %% ../nbs/08_execute.ipynb #8e0c0004
 from __future__ import annotations
-import os, queue, signal, sys, threading, time
+import os, queue, signal, sys, threading, time, uuid
 from pathlib import Path
 from .core import RunnerError
 
 # %% auto #0
-__all__ = ['ENGINES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'ensure_kernel', 'KernelStart', 'output_to',
-           'execute_in_process', 'execute_notebook', 'output_images', 'summarize_error']
+__all__ = ['ENGINES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'ensure_kernel', 'KernelStart', 'KernelError',
+           'output_to', 'execute_in_process', 'execute_notebook', 'output_images', 'summarize_error']
 
 # %% ../nbs/08_execute.ipynb #8e0c0007
 class Terminated(KeyboardInterrupt):
@@ -62,15 +62,16 @@ def ensure_kernel(name:str="mlkit") -> str:
 
 # %% ../nbs/08_execute.ipynb #8e0c0012
 class KernelStart:
-    "A Jupyter kernel booting on a background thread, its own output going to `log_path`; `warmup` code runs in it once it is up."
+    "A Jupyter kernel booting on a background thread, its own output going to `log_path`; `warmup` is evaluated in it once it is up."
     def __init__(self, name:str="mlkit", *, log_path:str|Path, cwd:str|Path|None=None, warmup:str|None=None):
         self.name, self.log_path, self.warmup, self.km, self.error = name, Path(log_path), warmup, None, None
         self._started, self._stopping = threading.Event(), False
+        import jupyter_client.manager, jupyter_client.kernelspec  # here, not in the thread: two threads importing it at once can collide
         self._thread = threading.Thread(target=self._start, args=(str(cwd or os.getcwd()),), daemon=True, name="mlkit-kernel-start")
         self._thread.start()
 
     def _start(self, cwd:str):
-        from jupyter_client import KernelManager
+        from jupyter_client.manager import KernelManager
         try:
             ensure_kernel(self.name)
             km = KernelManager(kernel_name=self.name)
@@ -78,24 +79,34 @@ class KernelStart:
             self.km = km
         except Exception as e: self.error = e   # reported by wait()
         finally: self._started.set()
-        if self.km is not None and self.warmup: self._warm(self.km)
+        if self.km is not None and self.warmup:
+            try: self._ask(self.km, self.warmup, timeout=300)
+            except Exception: pass   # a failed warm-up only costs time: the notebook's own cells report real problems
 
 # %% ../nbs/08_execute.ipynb #c3a21401
 from fastcore.basics import patch
 
+class KernelError(RunnerError):
+    "An expression evaluated in the kernel raised: `ename` and `evalue` are the kernel's exception name and message."
+    def __init__(self, ename:str, evalue:str):
+        super().__init__(f"{ename}: {evalue}")
+        self.ename, self.evalue = ename, evalue
+
 @patch
-def _warm(self:KernelStart, km, timeout:float=300):
-    "Run the warm-up code silently in the kernel and wait for its reply (or for `stop`): the notebook's cells queue behind it."
+def _ask(self:KernelStart, km, expression:str, *, timeout:float) -> dict:
+    "The kernel's answer to `expression` as a user expression ({'status': 'ok', 'data': ...} or the error); RunnerError if none came."
     kc = km.client()
+    kc.session.session = uuid.uuid4().hex   # its own ZMQ identity: clients of one manager share one, and replies would go astray
     try:
         kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
-        msg_id, deadline = kc.execute(self.warmup, silent=True, store_history=False, allow_stdin=False), time.monotonic() + timeout
-        while not self._stopping and time.monotonic() < deadline:
-            try:
-                if kc.get_shell_msg(timeout=0.2)["parent_header"].get("msg_id") == msg_id: return
+        msg_id = kc.execute("", silent=True, store_history=False, allow_stdin=False, user_expressions={"v": expression})
+        deadline = time.monotonic() + timeout
+        while not self._stopping and time.monotonic() < deadline and km.is_alive():
+            try: msg = kc.get_shell_msg(timeout=0.2)
             except queue.Empty: continue
-    except Exception: pass   # a kernel that died meanwhile is reported by the notebook's execution, not here
+            if msg["parent_header"].get("msg_id") == msg_id: return msg["content"].get("user_expressions", {}).get("v") or {}
     finally: kc.stop_channels()
+    raise RunnerError(f"the kernel gave no answer to {expression[:80]!r} " + ("(it stopped)" if not km.is_alive() else f"within {timeout:.0f} s"))
 
 # %% ../nbs/08_execute.ipynb #8e0c0013
 @patch
@@ -120,6 +131,15 @@ def stop(self:KernelStart, timeout:float=20.0):
     if t.is_alive() and pid:
         try: os.kill(pid, signal.SIGKILL)
         except ProcessLookupError: pass
+
+# %% ../nbs/08_execute.ipynb #2cec1d61
+@patch
+def evaluate(self:KernelStart, expression:str, timeout:float=600) -> str:
+    "The value (its `repr`) of `expression` evaluated in the kernel, after the warm-up; KernelError when it raised."
+    answer = self._ask(self.wait(), expression, timeout=timeout)
+    if answer.get("status") != "ok": raise KernelError(answer.get("ename", "Error"), answer.get("evalue", ""))
+    return answer.get("data", {}).get("text/plain", "")
+
 
 # %% ../nbs/08_execute.ipynb #8e0c0015
 _SHELL = []
