@@ -10,13 +10,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _util import report
 
 
-def notebook_as_script(nb_path, params) -> str:
-    "The notebook's code cells after its parameters cell, preceded by the resolved parameters, as one script."
+def notebook_as_script(nb_path, inject:dict) -> str:
+    "The notebook's code cells as one script, the injected parameters (`{name: value}`) after its parameters cell (as papermill does)."
     nb = json.loads(Path(nb_path).read_text())
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    i = next(i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", []))
-    head = "from IPython.display import display\n" + f"params = {params!r}\n"
-    return head + "\n".join("".join(c["source"]) for c in code[i + 1:])
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    i = next(i for i, c in enumerate(c for c in nb["cells"] if c["cell_type"] == "code") if "parameters" in c.get("metadata", {}).get("tags", []))
+    injected = "".join(f"{k} = {v!r}\n" for k, v in inject.items())
+    return "from IPython.display import display\n" + "\n".join(code[:i + 1] + [injected] + code[i + 1:])
 
 
 def one(cmd, cwd):
@@ -32,7 +32,7 @@ if __name__ == "__main__":
     from mlkit.config import load_params
     params = load_params("train", params_file).model_dump(mode="json")
     params["model_name"] = None
-    script = notebook_as_script(ROOT / "nbs" / "pipelines" / "train.ipynb", params)
+    script = notebook_as_script(ROOT / "nbs" / "pipelines" / "train.ipynb", {"params": params})
     base, cand = [], []
     for i in range(n + 1):  # the first pair warms file caches and is dropped
         d1, d2 = tempfile.mkdtemp(), tempfile.mkdtemp()

@@ -4,12 +4,15 @@
 
 # %% ../nbs/08a_cache.ipynb #ca000004
 from __future__ import annotations
-import hashlib, json, os, subprocess
+import hashlib, json, os, shutil, sqlite3, subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 from .config import params_hash
 
 # %% auto #0
-__all__ = ['NEVER_REUSED', 'notebook_sha', 'file_sha', 'code_state', 'data_files', 'environment_sha', 'run_key', 'find_reusable']
+__all__ = ['NEVER_REUSED', 'notebook_sha', 'file_sha', 'code_state', 'data_files', 'environment_sha', 'run_key', 'Reusable',
+           'sqlite_file', 'find_reusable', 'new_store']
 
 # %% ../nbs/08a_cache.ipynb #ca000007
 def notebook_sha(nb) -> str:
@@ -73,9 +76,85 @@ def run_key(nb, params, *, code_path:str|Path, versions:dict, cwd=None) -> tuple
 # %% ../nbs/08a_cache.ipynb #ca000021
 NEVER_REUSED = ("monitor", "compare")   # pipelines that read the registry or a serving log: inputs outside the key
 
-def find_reusable(key:str, experiment_id:str):
-    "The newest FINISHED run of `experiment_id` whose key is `key`, or None."
+@dataclass
+class Reusable:
+    "A FINISHED run with the same key: what `mlkit run` points at instead of running again."
+    run_id: str
+    status: str
+    experiment_id: str
+    metrics: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+
+# %% ../nbs/08a_cache.ipynb #24ee57df
+def sqlite_file(uri:str) -> Path|None:
+    "The database file of a `sqlite:///` tracking URI; None for any other store."
+    if not uri.startswith("sqlite:///"): return None
+    p = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(p) if p and p != ":memory:" else None
+
+# %% ../nbs/08a_cache.ipynb #7325b323
+_NOT_READ = object()
+_FIND = ("select r.run_uuid, r.status, r.experiment_id from runs r join experiments e on e.experiment_id = r.experiment_id "
+         "join tags t on t.run_uuid = r.run_uuid where t.key = 'mlkit.cache_key' and t.value = ? and e.name = ? "
+         "and e.lifecycle_stage = 'active' and r.lifecycle_stage = 'active' and r.status = 'FINISHED' order by r.start_time desc limit 1")
+
+def _find_in_sqlite(path:Path, key:str, experiment:str):
+    "The Reusable run in SQLite store `path` (read-only, one query), None, or `_NOT_READ` when the file cannot be read this way."
+    if not path.is_file(): return None
+    try:
+        with sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=10) as con:
+            row = con.execute(_FIND, (key, experiment)).fetchone()
+            if row is None: return None
+            metrics = {k: float("nan") if nan else float(v) for k, v, nan in
+                       con.execute("select key, value, is_nan from latest_metrics where run_uuid = ?", row[:1])}
+            tags = dict(con.execute("select key, value from tags where run_uuid = ?", row[:1]).fetchall())
+        return Reusable(row[0], row[1], str(row[2]), metrics, tags)
+    except sqlite3.Error: return _NOT_READ   # another schema, a locked or damaged file: ask MLflow
+
+# %% ../nbs/08a_cache.ipynb #0bab73bf
+def _find_with_mlflow(key:str, experiment:str):
+    "The Reusable run, asked through MLflow (any store)."
     import mlflow
-    runs = mlflow.MlflowClient().search_runs([experiment_id], f"tags.`mlkit.cache_key` = '{key}' and attributes.status = 'FINISHED'",
-                                            max_results=1, order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
+    from mlkit.tracking import configure
+    client = mlflow.MlflowClient(configure())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active": return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlkit.cache_key` = '{key}' and attributes.status = 'FINISHED'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    if not runs: return None
+    r = runs[0]
+    return Reusable(r.info.run_id, r.info.status, r.info.experiment_id, dict(r.data.metrics), dict(r.data.tags))
+
+def find_reusable(key:str, experiment:str) -> Reusable|None:
+    "The newest FINISHED run of experiment `experiment` whose key is `key`, or None."
+    from mlkit.tracking import tracking_uri
+    path = sqlite_file(tracking_uri())
+    found = _find_in_sqlite(path, key, experiment) if path is not None else _NOT_READ
+    return _find_with_mlflow(key, experiment) if found is _NOT_READ else found
+
+# %% ../nbs/08a_cache.ipynb #25108dba
+def _empty_store() -> Path:
+    "An empty SQLite store migrated by this MLflow (built once into the user's cache folder)."
+    from importlib.metadata import version
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlkit"
+    tpl = cache / f"mlflow-{version('mlflow')}-empty.db"
+    if tpl.is_file(): return tpl
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{tpl.name}.{os.getpid()}"
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    SqlAlchemyStore(f"sqlite:///{tmp}", str(cache / "unused-artifacts")).engine.dispose()
+    with sqlite3.connect(tmp) as con: con.execute("delete from experiments")   # re-created, with the right folder, on first open
+    os.replace(tmp, tpl)
+    return tpl
+
+# %% ../nbs/08a_cache.ipynb #2e252b20
+def new_store(uri:str) -> bool:
+    "Create the SQLite store of tracking URI `uri` from the empty template if its file does not exist yet; True when it did that."
+    path = sqlite_file(uri)
+    if path is None or path.exists() or not path.parent.is_dir(): return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    shutil.copyfile(_empty_store(), tmp)
+    try: os.link(tmp, path)       # fails if another process created the store meanwhile: theirs stays
+    except OSError: return False
+    finally: tmp.unlink()
+    return True

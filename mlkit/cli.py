@@ -24,7 +24,9 @@ COMMANDS = {
         (("pipeline",), dict(help="pipeline name (see `mlkit pipelines`) or path to a notebook")), _PARAMS, _SET, _EXPERIMENT,
         (("--output",), dict(metavar="NOTEBOOK", help="also keep the executed notebook here")),
         (("--timeout",), dict(type=int, default=1800, help="seconds allowed per cell, at least 1 (default: 1800)")),
-        (("--engine",), dict(choices=["kernel", "inprocess"], default="kernel", help="run the cells in a Jupyter kernel (default) or in this process")),
+        (("--engine",), dict(choices=["kernel", "inprocess"], default=None,
+                             help="run the cells in a Jupyter kernel or in this process (default: in this process for mlkit's pipelines, "
+                                  "a kernel for a notebook of your own)")),
         (("--force",), dict(action="store_true", help="run even if a FINISHED run with the same inputs exists (default: point at that run)"))),
     "reproduce": _cmd("mlkit.commands:cli_reproduce", "re-execute a run from its record (commit, params, data) and compare the metrics; exit 1 on a difference",
         (("run_id",), dict(metavar="RUN_ID", help="the run to reproduce")),

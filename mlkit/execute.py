@@ -4,13 +4,13 @@
 
 # %% ../nbs/08_execute.ipynb #8e0c0004
 from __future__ import annotations
-import os, signal, sys, threading
+import os, queue, signal, sys, threading, time, uuid
 from pathlib import Path
 from .core import RunnerError
 
 # %% auto #0
-__all__ = ['ENGINES', 'Terminated', 'stop_on_signals', 'ensure_kernel', 'KernelStart', 'execute_in_process', 'execute_notebook',
-           'output_images', 'summarize_error']
+__all__ = ['ENGINES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'ensure_kernel', 'KernelStart', 'KernelError',
+           'output_to', 'execute_in_process', 'execute_notebook', 'output_images', 'summarize_error']
 
 # %% ../nbs/08_execute.ipynb #8e0c0007
 class Terminated(KeyboardInterrupt):
@@ -38,6 +38,16 @@ class stop_on_signals:
         for s, h in self._old.items(): signal.signal(s, h)
         return False
 
+# %% ../nbs/08_execute.ipynb #2e604839
+def import_nbformat():
+    "The nbformat module, imported (once) without jsonschema's optional IRI checker, which nbformat never uses."
+    if not any(m in sys.modules for m in ("nbformat", "jsonschema", "rfc3987_syntax")):
+        sys.modules["rfc3987_syntax"] = None        # `import rfc3987_syntax` fails, so jsonschema leaves that checker out
+        try: import jsonschema  # noqa: F401
+        finally: sys.modules.pop("rfc3987_syntax", None)
+    import nbformat
+    return nbformat
+
 # %% ../nbs/08_execute.ipynb #0361c0df
 def ensure_kernel(name:str="mlkit") -> str:
     "Register the `name` kernel for this Python (in `sys.prefix`) unless it already runs this interpreter; returns its folder."
@@ -52,28 +62,57 @@ def ensure_kernel(name:str="mlkit") -> str:
 
 # %% ../nbs/08_execute.ipynb #8e0c0012
 class KernelStart:
-    "A Jupyter kernel booting on a background thread, its own output going to `log_path`."
-    def __init__(self, name:str="mlkit", *, log_path:str|Path, cwd:str|Path|None=None):
-        self.name, self.log_path, self.km, self.error = name, Path(log_path), None, None
+    "A Jupyter kernel booting on a background thread, its own output going to `log_path`; `warmup` is evaluated in it once it is up."
+    def __init__(self, name:str="mlkit", *, log_path:str|Path, cwd:str|Path|None=None, warmup:str|None=None):
+        self.name, self.log_path, self.warmup, self.km, self.error = name, Path(log_path), warmup, None, None
+        self._started, self._stopping = threading.Event(), False
+        import jupyter_client.manager, jupyter_client.kernelspec  # here, not in the thread: two threads importing it at once can collide
         self._thread = threading.Thread(target=self._start, args=(str(cwd or os.getcwd()),), daemon=True, name="mlkit-kernel-start")
         self._thread.start()
 
     def _start(self, cwd:str):
-        from jupyter_client import KernelManager
+        from jupyter_client.manager import KernelManager
         try:
             ensure_kernel(self.name)
             km = KernelManager(kernel_name=self.name)
             with open(self.log_path, "ab") as log: km.start_kernel(stdout=log, stderr=log, cwd=cwd)
             self.km = km
         except Exception as e: self.error = e   # reported by wait()
+        finally: self._started.set()
+        if self.km is not None and self.warmup:
+            try: self._ask(self.km, self.warmup, timeout=300)
+            except Exception: pass   # a failed warm-up only costs time: the notebook's own cells report real problems
 
-# %% ../nbs/08_execute.ipynb #8e0c0013
+# %% ../nbs/08_execute.ipynb #c3a21401
 from fastcore.basics import patch
 
+class KernelError(RunnerError):
+    "An expression evaluated in the kernel raised: `ename` and `evalue` are the kernel's exception name and message."
+    def __init__(self, ename:str, evalue:str):
+        super().__init__(f"{ename}: {evalue}")
+        self.ename, self.evalue = ename, evalue
+
+@patch
+def _ask(self:KernelStart, km, expression:str, *, timeout:float) -> dict:
+    "The kernel's answer to `expression` as a user expression ({'status': 'ok', 'data': ...} or the error); RunnerError if none came."
+    kc = km.client()
+    kc.session.session = uuid.uuid4().hex   # its own ZMQ identity: clients of one manager share one, and replies would go astray
+    try:
+        kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
+        msg_id = kc.execute("", silent=True, store_history=False, allow_stdin=False, user_expressions={"v": expression})
+        deadline = time.monotonic() + timeout
+        while not self._stopping and time.monotonic() < deadline and km.is_alive():
+            try: msg = kc.get_shell_msg(timeout=0.2)
+            except queue.Empty: continue
+            if msg["parent_header"].get("msg_id") == msg_id: return msg["content"].get("user_expressions", {}).get("v") or {}
+    finally: kc.stop_channels()
+    raise RunnerError(f"the kernel gave no answer to {expression[:80]!r} " + ("(it stopped)" if not km.is_alive() else f"within {timeout:.0f} s"))
+
+# %% ../nbs/08_execute.ipynb #8e0c0013
 @patch
 def wait(self:KernelStart):
-    "The running KernelManager; RunnerError when the kernel could not start."
-    self._thread.join()
+    "The running KernelManager (the warm-up may still be running in it); RunnerError when the kernel could not start."
+    self._started.wait()
     if self.error is not None or self.km is None:
         raise RunnerError(f"the '{self.name}' kernel did not start: {self.error}; run `mlkit kernel` to re-register it ({self.log_path})")
     return self.km
@@ -81,6 +120,7 @@ def wait(self:KernelStart):
 @patch
 def stop(self:KernelStart, timeout:float=20.0):
     "Shut the kernel down at once (the run is over, whatever happened); kill its process if shutting down hangs."
+    self._stopping = True
     self._thread.join()
     km = self.km
     if km is None or not km.has_kernel: return
@@ -91,6 +131,15 @@ def stop(self:KernelStart, timeout:float=20.0):
     if t.is_alive() and pid:
         try: os.kill(pid, signal.SIGKILL)
         except ProcessLookupError: pass
+
+# %% ../nbs/08_execute.ipynb #2cec1d61
+@patch
+def evaluate(self:KernelStart, expression:str, timeout:float=600) -> str:
+    "The value (its `repr`) of `expression` evaluated in the kernel, after the warm-up; KernelError when it raised."
+    answer = self._ask(self.wait(), expression, timeout=timeout)
+    if answer.get("status") != "ok": raise KernelError(answer.get("ename", "Error"), answer.get("evalue", ""))
+    return answer.get("data", {}).get("text/plain", "")
+
 
 # %% ../nbs/08_execute.ipynb #8e0c0015
 _SHELL = []
@@ -135,6 +184,22 @@ def _inprocess_engine() -> str:
         papermill_engines.register("mlkit-inprocess", InProcessEngine)
     return "mlkit-inprocess"
 
+# %% ../nbs/08_execute.ipynb #d76f36a8
+from contextlib import contextmanager
+
+@contextmanager
+def output_to(path:str|Path|None):
+    "Context manager: this process's stdout and stderr (file descriptors 1 and 2) are appended to `path` (None: left alone)."
+    try: saved = [os.dup(1), os.dup(2)] if path is not None else None
+    except OSError: saved = None                       # no such descriptors (a daemon): nothing to redirect
+    if saved is None: yield; return
+    sys.stdout.flush(); sys.stderr.flush()
+    with open(path, "ab") as log: os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)
+    try: yield
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        for fd, s in zip((1, 2), saved): os.dup2(s, fd); os.close(s)
+
 # %% ../nbs/08_execute.ipynb #8e0c0016b
 def execute_in_process(nb, *, parameters:dict|None=None, timeout:int|None=None):
     "(the executed copy of `nb`, the exception a cell raised or None): its code cells run in this process with `parameters` injected."
@@ -156,7 +221,7 @@ ENGINES = ("kernel", "inprocess")
 
 def _quiet_papermill():
     import logging
-    sys.modules.setdefault("rfc3987_syntax", None)  # jsonschema's optional IRI checker, unused by nbformat: 1.1 s of import
+    import_nbformat()
     logging.getLogger("papermill").setLevel(logging.WARNING)
 
 def execute_notebook(nb,                          # a NotebookNode (or a path)
@@ -165,14 +230,16 @@ def execute_notebook(nb,                          # a NotebookNode (or a path)
                      engine:str="kernel",         # "kernel" or "inprocess"
                      kernel=None,                 # a running KernelManager (engine "kernel"; None: papermill starts one)
                      timeout:int|None=None,       # seconds per cell (None: no limit)
-                     cwd:str|Path|None=None, progress:bool=False):
+                     cwd:str|Path|None=None, progress:bool=False,
+                     log_path:str|Path|None=None): # engine "inprocess": this process's own output goes here while the cells run
     "Execute `nb` with papermill on the given engine; returns the executed notebook (PapermillExecutionError when a cell fails)."
     if engine not in ENGINES: raise RunnerError(f"unknown engine '{engine}'; use one of {list(ENGINES)}")
     _quiet_papermill()
     import papermill as pm
     kw = dict(parameters=parameters or {}, kernel_name=getattr(kernel, "kernel_name", None) or "mlkit", language="python",
               progress_bar=progress, request_save_on_cell_execute=True, cwd=str(cwd) if cwd else None, execution_timeout=timeout)
-    if engine == "inprocess": return pm.execute_notebook(nb, str(output_path), engine_name=_inprocess_engine(), **kw)
+    if engine == "inprocess":
+        with output_to(log_path): return pm.execute_notebook(nb, str(output_path), engine_name=_inprocess_engine(), **kw)
     return pm.execute_notebook(nb, str(output_path), **({"km": kernel} if kernel is not None else {}), **kw)
 
 # %% ../nbs/08_execute.ipynb #8e0c0025

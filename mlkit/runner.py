@@ -4,19 +4,19 @@
 
 # %% ../nbs/08b_runner.ipynb #09441a22
 from __future__ import annotations
-import json, os, re, socket, sys, tempfile, time
+import ast, json, os, re, socket, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir, redact
 from .config import SCHEMAS, flatten_params, load_params, params_hash, read_yaml
-from . import lineage, tracking
-from .execute import KernelStart, execute_notebook, output_images, stop_on_signals, summarize_error
-from .cache import NEVER_REUSED, find_reusable, run_key
+from . import lineage, record, tracking
+from .execute import ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, stop_on_signals, summarize_error
+from .cache import NEVER_REUSED, find_reusable, new_store, run_key
 
 # %% auto #0
 __all__ = ['DEDICATED', 'list_pipelines', 'resolve_notebook', 'read_notebook', 'is_packaged', 'pipeline_schema', 'Resolved',
-           'notebook_parameters', 'resolve_parameters', 'check_model_params', 'check_before_kernel', 'create_run',
-           'reap_orphans', 'RunResult', 'contract_cell', 'run_notebook', 'key_metrics', 'format_result']
+           'notebook_parameters', 'resolve_parameters', 'check_model_params', 'check_before_kernel', 'choose_engine',
+           'RunResult', 'contract_cell', 'run_notebook', 'key_metrics', 'format_result']
 
 # %% ../nbs/08b_runner.ipynb #536c6e82
 def list_pipelines() -> list[str]:
@@ -40,8 +40,7 @@ def resolve_notebook(pipeline:str) -> Path:
 # %% ../nbs/08b_runner.ipynb #8d7c1128
 def read_notebook(path:Path):
     "The notebook at `path` as a NotebookNode; RunnerError when it is not a notebook."
-    import nbformat
-    try: return nbformat.read(str(path), as_version=4)
+    try: return import_nbformat().read(str(path), as_version=4)
     except Exception as e:
         raise RunnerError(f"'{path}' is not a readable Jupyter notebook ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                           "open and save it in JupyterLab") from None
@@ -122,23 +121,40 @@ def _hide_secrets(p) -> tuple[dict, dict]:
         if isinstance(v, str) and v and "${" not in v: env[secret_env(path)], node[leaf] = v, "${" + secret_env(path) + "}"
     return doc, env
 
+# %% ../nbs/08b_runner.ipynb #954857b7
+from contextlib import contextmanager
+
+@contextmanager
+def _environment(env:dict):
+    "The variables `env` set in `os.environ` inside the block, the previous values (or their absence) back afterwards."
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try: yield
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
 # %% ../nbs/08b_runner.ipynb #8d7c1130
+def _parameters_cell(nb):
+    return next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+
 def notebook_parameters(nb) -> dict:
     "The parameters declared in the cell tagged `parameters` of notebook `nb` (a NotebookNode or path), {} when it has none."
     from papermill.translators import PythonTranslator
-    nb = read_notebook(nb) if isinstance(nb, (str, Path)) else nb
-    cell = next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    cell = _parameters_cell(read_notebook(nb) if isinstance(nb, (str, Path)) else nb)
     return {} if cell is None else {p.name: p._asdict() for p in PythonTranslator.inspect(cell)}
 
 def resolve_parameters(nb_path:Path, *, params=None, sets=(), experiment:str|None=None, nb=None) -> Resolved:
     "The checked parameters of notebook `nb_path` (`params`: a YAML file or a mapping; `sets`: `key=value` overrides)."
-    schema = pipeline_schema(nb_path)
-    declared = notebook_parameters(nb if nb is not None else nb_path)
-    if schema is not None:
+    schema, nb = pipeline_schema(nb_path), nb if nb is not None else read_notebook(nb_path)
+    if schema is not None:   # one of mlkit's pipelines: its parameters cell is `params = {...}` (no need to import papermill to see it)
         p = load_params(schema, params, sets, **({"experiment": experiment} if experiment else {}))
-        if "params" not in declared: raise RunnerError(f"pipeline notebook '{nb_path}' must declare `params = {{...}}` in its parameters cell")
+        if not re.search(r"^params\s*(:[^=\n]*)?=", getattr(_parameters_cell(nb), "source", ""), re.M):
+            raise RunnerError(f"pipeline notebook '{nb_path}' must declare `params = {{...}}` in its parameters cell")
         inject, env = _hide_secrets(p)
         return Resolved(schema, p, {"params": inject}, experiment or getattr(p, "experiment", "mlkit"), getattr(p, "seed", None), env)
+    declared = notebook_parameters(nb)
     over = _generic_params(declared, params, sets)
     if over and not declared:
         raise RunnerError(f"notebook '{nb_path}' has no cell tagged 'parameters', so nothing can be injected; tag the cell holding its "
@@ -169,12 +185,15 @@ def check_before_kernel(r:Resolved) -> None:
     "The checks of a pipeline's parameters that need no data (or only a file's header)."
     if r.schema in ("train", "tune"): check_model_params(r.params)
 
-# %% ../nbs/08b_runner.ipynb #5136bf78
-def _pid_start(pid:int) -> str:
-    "When process `pid` started (clock ticks since boot, from /proc), '' where unknown: a pid reused later has another start."
-    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError): return ""
+# %% ../nbs/08b_runner.ipynb #f1041495
+def choose_engine(nb_path:Path, engine:str|None=None) -> str:
+    "The engine asked for, else 'inprocess' for a pipeline shipped with mlkit and 'kernel' for a notebook of your own."
+    if engine is None: return "inprocess" if is_packaged(nb_path) else "kernel"
+    if engine not in ENGINES: raise ConfigError(f"unknown engine '{engine}'{did_you_mean(engine, ENGINES)}; use one of {list(ENGINES)}")
+    return engine
 
+
+# %% ../nbs/08b_runner.ipynb #5136bf78
 def _run_tags(nb_path:Path, r:Resolved, engine:str) -> dict:
     "Lineage, source and owner tags of the run of `nb_path`."
     from mlkit.cache import data_files
@@ -186,40 +205,15 @@ def _run_tags(nb_path:Path, r:Resolved, engine:str) -> dict:
     tags["mlkit.params_hash"] = params_hash(r.params.model_dump(mode="json") if hasattr(r.params, "model_dump") else r.params)
     return tags | {"mlflow.source.name": str(nb_path), "mlflow.source.type": "NOTEBOOK", "mlkit.notebook": str(nb_path), "mlkit.cwd": os.getcwd(),
                    "mlkit.runner": "papermill", "mlkit.engine": engine, "mlkit.host": socket.gethostname(),
-                   "mlkit.pid": str(os.getpid()), "mlkit.pid_start": _pid_start(os.getpid())}
+                   "mlkit.pid": str(os.getpid()), "mlkit.pid_start": record._pid_start(os.getpid())}
 
 # %% ../nbs/08b_runner.ipynb #5136bf79
-def create_run(*, experiment:str, run_name:str, tags:dict, params:dict, parent_run_id:str|None=None) -> str:
-    "Create a RUNNING MLflow run with `tags` and `params` (in batches); returns its id."
-    import mlflow
-    from mlflow.entities import Param
-    client = mlflow.MlflowClient(tracking.configure())
-    if parent_run_id: tags = {**tags, "mlflow.parentRunId": parent_run_id}
-    run = client.create_run(tracking.ensure_experiment(experiment), run_name=run_name, tags={k: str(v)[:5000] for k, v in tags.items()})
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100): client.log_batch(run.info.run_id, params=items[i:i + 100])
-    return run.info.run_id
-
-# %% ../nbs/08b_runner.ipynb #19f0a002
-def _alive(pid:int, start:str) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return not start or _pid_start(pid) == start
-
-def reap_orphans() -> list[str]:
-    "End KILLED the RUNNING runs started on this host by a process that no longer exists; returns their ids."
-    import mlflow
-    from mlflow.entities import ViewType
-    client, host, out = mlflow.MlflowClient(tracking.configure()), socket.gethostname(), []
-    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    for i in range(0, len(exps), 100):
-        for run in client.search_runs(exps[i:i + 100], f"attributes.status = 'RUNNING' and tags.`mlkit.host` = '{host}'", max_results=1000):
-            t = run.data.tags
-            if not t.get("mlkit.pid", "").isdigit() or _alive(int(t["mlkit.pid"]), t.get("mlkit.pid_start", "")): continue
-            client.set_tag(run.info.run_id, "mlkit.error", f"its process (pid {t['mlkit.pid']} on {host}) stopped without ending it (killed?)")
-            client.set_terminated(run.info.run_id, "KILLED"); out.append(run.info.run_id)
-    return out
+def _spec(nb_path:Path, r:Resolved, engine:str, key, inputs, parent_run_id) -> dict:
+    "What `mlkit.record.open_run` creates: experiment, run name, tags (lineage, owner, cache key), masked params, the resolved record."
+    tags = {**_run_tags(nb_path, r, engine), **({"mlkit.cache_key": key, "mlkit.cache_inputs": json.dumps(inputs)} if key else {})}
+    return {"experiment": r.experiment, "run_name": f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}", "tags": tags, "params": r.logged,
+            "parent_run_id": parent_run_id,
+            "record": {"notebook": str(nb_path), "schema": r.schema, "params": r.inject, "effective": r.inject if r.schema else r.params}}
 
 # %% ../nbs/08b_runner.ipynb #16a0b002
 @dataclass
@@ -237,39 +231,47 @@ class RunResult:
 
 def contract_cell(run_id:str):
     "The cell injected at the top of the notebook: it makes run `run_id` the active MLflow run of the execution."
-    import nbformat
+    nbformat = import_nbformat()
     src = (f"# Injected by `mlkit run`: this execution is MLflow run {run_id}; everything logged below records into it.\n"
            f"import mlkit.tracking; mlkit.tracking.attach({run_id!r})")
     return nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-mlkit-run"]})
 
 # %% ../nbs/08b_runner.ipynb #ac8c9ec0
-def _finish(run_id:str, out:Path, kernel_log:Path, status:str, error:str|None, tags:dict|None) -> None:
-    "Attach the (possibly partial) executed notebook, its figures and the kernel log to `run_id`, then set its final status."
-    import mlflow, nbformat
-    from mlflow.entities import RunTag
-    client = mlflow.MlflowClient(tracking.configure())
-    steps = [("tags", lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in
-                                                             {"mlkit.status": status, **({"mlkit.error": redact(error)} if error else {}), **(tags or {})}.items()])),
-             ("notebook", lambda: out.exists() and client.log_artifact(run_id, str(out), "notebook")),
-             ("figures", lambda: out.exists() and _log_images(client, run_id, nbformat.read(str(out), as_version=4))),
-             ("kernel log", lambda: kernel_log.exists() and kernel_log.stat().st_size and client.log_artifact(run_id, str(kernel_log), "notebook"))]
-    try:
-        for what, step in steps:
-            try: step()
-            except Exception as e: print(f"warning: could not attach the {what} to run {run_id}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
-    finally: client.set_terminated(run_id, status)
+def _from_kernel(starter:KernelStart, fn:str, *args, timeout:float=1800):
+    "The value of `mlkit.record.<fn>(*args)` evaluated in the kernel (arguments and value travel as Python and JSON literals)."
+    expr = f"__import__('json').dumps(__import__('mlkit.record', fromlist=['_']).{fn}(*{args!r}))"
+    return json.loads(ast.literal_eval(starter.evaluate(expr, timeout=timeout)))
 
-def _log_images(client, run_id:str, nb) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        for name, data in output_images(nb).items(): (Path(d) / name).write_bytes(data)
-        if any(Path(d).iterdir()): client.log_artifacts(run_id, d, "figures")
+def _open(starter:KernelStart|None, spec:dict) -> str:
+    "Create the run in the kernel when there is one (MLflow is imported there anyway), else here; returns its id."
+    if starter is not None:
+        try: return _from_kernel(starter, "open_run", spec, timeout=600)
+        except KernelError as e:
+            import mlkit.core
+            cls = getattr(mlkit.core, e.ename, None)
+            if isinstance(cls, type) and issubclass(cls, mlkit.core.MlkitError): raise cls(e.evalue) from None
+        except RunnerError: pass   # no kernel to ask: the run is made here, and executing reports what happened to the kernel
+    return record.open_run(spec)
+
+# %% ../nbs/08b_runner.ipynb #0119942d
+def _close(starter:KernelStart|None, idle:bool, *args) -> dict:
+    "End the run (`mlkit.record.close_run(*args)`) in the kernel if it is idle, else here once the kernel is stopped."
+    stopped = None
+    if starter is not None and idle:
+        try: return _from_kernel(starter, "close_run", *args)
+        except KeyboardInterrupt as e: stopped = e   # stopped while the kernel ended the run: end it here, then stop
+        except RunnerError: pass
+    if starter is not None: starter.stop()
+    done = record.close_run(*args)
+    if stopped is not None: raise stopped
+    return done
 
 # %% ../nbs/08b_runner.ipynb #9de5f2e4
 def run_notebook(notebook:str|Path,             # pipeline name (`train`) or notebook path
                  *, params=None,                # YAML params file, or a mapping of parameters
                  sets=(),                       # `key=value` overrides
                  experiment:str|None=None,      # MLflow experiment (default: the params' `experiment`, else 'mlkit')
-                 engine:str="kernel",           # "kernel" (a Jupyter kernel) or "inprocess" (this process)
+                 engine:str|None=None,          # "kernel", "inprocess"; None: in-process for mlkit's pipelines, else kernel
                  output_path:str|Path|None=None,# also keep the executed notebook here
                  timeout:int|None=1800,         # seconds per cell
                  tags:dict|None=None,           # extra tags on the run
@@ -282,63 +284,63 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
     nb_path = resolve_notebook(str(notebook))
     if nb_path.stem in DEDICATED and is_packaged(nb_path):
         raise RunnerError(f"the '{nb_path.stem}' notebook is a worker started by its own command: run `{DEDICATED[nb_path.stem]}`")
-    nb = read_notebook(nb_path)
-    r = resolve_parameters(nb_path, params=params, sets=sets, experiment=experiment, nb=nb)
+    engine = choose_engine(nb_path, engine)
     work = Path(tempfile.mkdtemp(prefix="mlkit-run-"))
-    out = Path(output_path) if output_path else work / nb_path.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in r.env}
-    os.environ.update(r.env)          # secrets reach the notebook this way only (the kernel inherits them when it starts)
+    # a notebook of your own gets no secrets through the environment: its kernel can start (and warm up) while the params are read
+    starter = _start_kernel(work) if engine == "kernel" and pipeline_schema(nb_path) is None else None
     try:
-        with stop_on_signals():
-            return _execute(nb_path, nb, r, engine=engine, out=out, work=work, timeout=timeout, tags=tags, parent_run_id=parent_run_id,
-                            force=force, progress=progress)
-    finally:
-        for k, v in saved.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
-
-# %% ../nbs/08b_runner.ipynb #9de5f2e5
-def _execute(nb_path, nb, r:Resolved, *, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
-    "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
-    import mlflow
-    starter = KernelStart(log_path=work / "kernel.log") if engine == "kernel" else None
-    try:
-        key, inputs = _key(nb_path, nb, r)
-        exp_id = tracking.ensure_experiment(r.experiment)
-        if key and not force and (old := find_reusable(key, exp_id)) is not None:
-            if starter: starter.stop()
-            return _reused(old, nb_path)
-        check_before_kernel(r)
-        try: reap_orphans()
-        except Exception: pass   # best effort: never let clean-up of old runs stop a new one
-        run_tags = {**_run_tags(nb_path, r, engine), **({"mlkit.cache_key": key, "mlkit.cache_inputs": json.dumps(inputs)} if key else {})}
-        run_id = create_run(experiment=r.experiment, run_name=f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags,
-                            params=r.logged, parent_run_id=parent_run_id)
-        mlflow.MlflowClient().log_dict(run_id, {"notebook": str(nb_path), "schema": r.schema, "params": r.inject,
-                                                "effective": r.inject if r.schema else r.params}, "mlkit/params.json")
+        nb = read_notebook(nb_path)
+        r = resolve_parameters(nb_path, params=params, sets=sets, experiment=experiment, nb=nb)
     except BaseException:
         if starter: starter.stop()
         raise
-    status, error, stop, own = "FAILED", None, None, [c.source for c in nb.cells]
+    out = Path(output_path) if output_path else work / nb_path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _environment(r.env), stop_on_signals():   # secrets reach the notebook this way only (a kernel inherits them at its start)
+        if engine == "kernel" and starter is None: starter = _start_kernel(work)
+        return _execute(nb_path, nb, r, starter=starter, engine=engine, out=out, work=work, timeout=timeout, tags=tags,
+                        parent_run_id=parent_run_id, force=force, progress=progress)
+
+
+# %% ../nbs/08b_runner.ipynb #66cd9278
+def _start_kernel(work:Path) -> KernelStart:
+    "A new store made first (the kernel opens it while it warms up), then the kernel, starting in the background."
+    new_store(tracking.tracking_uri())
+    return KernelStart(log_path=work / "kernel.log", warmup="__import__('mlkit.record', fromlist=['_']).warm()")
+
+# %% ../nbs/08b_runner.ipynb #9de5f2e5
+def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
+    "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
+    try:
+        if starter is None: new_store(tracking.tracking_uri())
+        key, inputs = _key(nb_path, nb, r)
+        if key and not force and (old := find_reusable(key, r.experiment)) is not None:
+            if starter: starter.stop()
+            return _reused(old, nb_path)
+        check_before_kernel(r)
+        run_id = _open(starter, _spec(nb_path, r, engine, key, inputs, parent_run_id))
+    except BaseException:
+        if starter: starter.stop()
+        raise
+    status, error, stop, idle, own = "FAILED", None, None, False, [c.source for c in nb.cells]
     try:
         nb.cells.insert(0, contract_cell(run_id))
         execute_notebook(nb, out, parameters=r.inject, engine=engine, kernel=starter.wait() if starter else None, timeout=timeout,
-                         cwd=os.getcwd(), progress=progress)
-        status = "FINISHED"
+                         cwd=os.getcwd(), progress=progress, log_path=work / "kernel.log")
+        status, idle = "FINISHED", True
     except BaseException as e:
         error, status = summarize_error(e, timeout, own), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        idle = type(e).__name__ == "PapermillExecutionError" and "Timeout" not in str(getattr(e, "ename", ""))   # a cell raised: the kernel waits
         if not isinstance(e, Exception): stop = e
     finally:
-        if starter: starter.stop()
-        if engine == "inprocess": tracking.detach()
-        _finish(run_id, out, work / "kernel.log", status, error, tags)
+        try: done = _close(starter, idle, run_id, str(out.resolve()), str(work / "kernel.log"), status, error, tags)
+        finally:
+            if starter: starter.stop()
+    for w in done["warnings"]: print(f"warning: {w}", file=sys.stderr)
     if stop is not None:
         print(f"run {run_id} is marked KILLED ({error}); its partial executed notebook is attached", file=sys.stderr)
         raise stop
-    run = mlflow.MlflowClient().get_run(run_id)
-    return RunResult(run_id, status, nb_path.stem, out if out.exists() else None, error, dict(run.data.metrics), dict(run.data.tags),
-                     run.info.experiment_id)
+    return RunResult(run_id, status, nb_path.stem, out if out.exists() else None, error, done["metrics"], done["tags"], done["experiment_id"])
 
 # %% ../nbs/08b_runner.ipynb #9de5f2e6
 def _key(nb_path:Path, nb, r:Resolved):
@@ -348,9 +350,8 @@ def _key(nb_path:Path, nb, r:Resolved):
     return run_key(nb, r.inject if r.schema else r.params, code_path=code, versions=lineage.package_versions())
 
 def _reused(run, nb_path:Path) -> RunResult:
-    "The result of an earlier run with the same inputs."
-    return RunResult(run.info.run_id, run.info.status, nb_path.stem, None, None, dict(run.data.metrics), dict(run.data.tags),
-                     run.info.experiment_id, reused=True)
+    "The result of an earlier run with the same inputs (a `mlkit.cache.Reusable`)."
+    return RunResult(run.run_id, run.status, nb_path.stem, None, None, run.metrics, run.tags, run.experiment_id, reused=True)
 
 # %% ../nbs/08b_runner.ipynb #67534505
 def key_metrics(metrics:dict, primary:str|None=None, limit:int=8) -> dict:

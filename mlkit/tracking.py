@@ -215,12 +215,17 @@ def check_trusted(types:list[str], *, trusted_modules=None) -> list[str]:
     return trust.check_types(types, trusted_modules=trusted_modules)
 
 # %% ../nbs/07_tracking.ipynb #1c561056
+def _save_sklearn(*, validate_serving_input:bool=True, **kw):
+    "`mlflow.sklearn.save_model` as the flavour `Model.log` calls (it hands its flavour `validate_serving_input` as well)."
+    import mlflow.sklearn
+    return mlflow.sklearn.save_model(**kw)
+
 def log_model(model, *, X_sample, schema:dict, task:str, profile:dict|None=None, metrics:dict|None=None,
               model_name:str|None=None, name:str="model",
               trusted_modules=None): # modules whose classes the model may hold (default: $MLKIT_TRUSTED_MODULES or settings.ini)
     "Log a fitted sklearn `model` (skops, signature, input example, pinned requirements, mlkit metadata) to the active run."
-    import mlflow
-    from mlflow.models import infer_signature
+    import types
+    from mlflow.models import Model, infer_signature
     from mlkit import trust
     modules = trust.read_trusted_modules(trusted_modules)
     trusted = trust.check_model(model, trusted_modules=modules)  # what a loading side with this declaration would refuse, refused now
@@ -229,9 +234,10 @@ def log_model(model, *, X_sample, schema:dict, task:str, profile:dict|None=None,
     meta = {"mlkit_schema": schema, "mlkit_task": task, "mlkit_profile": profile, "mlkit_metrics": metrics or {},
             "mlkit_version": package_versions(("mlkit",)).get("mlkit", "unknown"), "mlkit_trusted_modules": list(modules)}
     meta = json.loads(json.dumps(meta, default=str))
-    return mlflow.sklearn.log_model(model, name=name, serialization_format="skops", skops_trusted_types=trusted,
-                                    signature=signature, input_example=example, pip_requirements=pinned_requirements(),
-                                    metadata=meta, registered_model_name=model_name)
+    flavor = types.SimpleNamespace(__name__="mlflow.sklearn", save_model=_save_sklearn)
+    return Model.log(artifact_path=None, name=name, flavor=flavor, sk_model=model, serialization_format="skops", skops_trusted_types=trusted,
+                     signature=signature, input_example=example, pip_requirements=pinned_requirements(), metadata=meta,
+                     registered_model_name=model_name, validate_serving_input=False)
 
 # %% ../nbs/07_tracking.ipynb #b7e1a0c1
 def _model_version(client, name:str, ref:str, by_alias:bool):
@@ -289,13 +295,28 @@ def resolve_model(uri:str) -> dict:
     return {"uri": uri, "name": name, "version": str(mv.version), "run_id": mv.run_id, "source": _version_source(client, mv)}
 
 # %% ../nbs/07_tracking.ipynb #0a32a1ed
+def _yaml_loader():
+    "PyYAML's C safe loader when it is built, else the pure-Python one."
+    import yaml
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def _model_info(source:str):
+    "The MLflow ModelInfo of the model at `source`, its MLmodel file parsed with the C loader."
+    import mlflow, yaml
+    from mlflow.models import Model
+    if source.startswith("models:/m-") and "/" not in source[len("models:/"):]:   # a logged model (MLflow 3): its artifact folder
+        source = mlflow.MlflowClient().get_logged_model(source[len("models:/"):]).artifact_location
+    with open(mlflow.artifacts.download_artifacts(artifact_uri=source.rstrip("/") + "/MLmodel")) as f:
+        return Model.from_dict(yaml.load(f, Loader=_yaml_loader())).get_model_info()
+
+# %% ../nbs/07_tracking.ipynb #e3258ece
 def load_model_meta(uri:str) -> dict:
     "mlkit metadata of the model at `uri`: schema, profile, task, metrics, signature, run id, name, version (and the trusted modules it was logged with)."
-    import mlflow
+    import yaml
     from mlflow.exceptions import MlflowException
     ref = resolve_model(uri)
-    try: info = mlflow.models.get_model_info(ref["source"])
-    except (MlflowException, OSError) as e:
+    try: info = _model_info(ref["source"])
+    except (MlflowException, OSError, yaml.YAMLError, AttributeError, TypeError) as e:
         raise ModelError(f"no MLflow model at '{uri}' ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); did the run log a model?") from None
     meta = info.metadata or {}
     return {**ref, "run_id": ref["run_id"] or info.run_id, "schema": meta.get("mlkit_schema"), "profile": meta.get("mlkit_profile"),
@@ -308,7 +329,7 @@ def _sklearn_flavor(path:Path, uri:str) -> dict:
     import yaml
     if not (path / "MLmodel").is_file():
         raise ModelError(f"the artifacts of model '{uri}' are missing (no MLmodel under {path}); was the artifact store moved or deleted?")
-    try: conf = (yaml.safe_load((path / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn")
+    try: conf = (yaml.load((path / "MLmodel").read_text(), Loader=_yaml_loader()) or {}).get("flavors", {}).get("sklearn")
     except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
         raise ModelError(f"the MLmodel of '{uri}' is not a readable MLmodel file; log the model again") from None
     if not isinstance(conf, dict): raise ModelError(f"'{uri}' is not a scikit-learn model (no sklearn flavour in its MLmodel)")

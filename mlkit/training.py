@@ -104,11 +104,12 @@ def log_fitted_model(model,            # a fitted sklearn Pipeline taking the ra
     _log_holdout(X_test, y_test, schema.get("target") or getattr(y_test, "name", None) or "target")
     profile = mprofile.make_profile(X_train, schema=schema, model=model, X_pred=X_test, target=y_train)
     info = tracking.log_model(model, X_sample=X_train, schema=schema, task=task, profile=profile,
-                              metrics={**test, "primary_metric": primary}, model_name=model_name)
-    version = getattr(info, "registered_model_version", None)
-    if model_name and version:
+                              metrics={**test, "primary_metric": primary})
+    version = None
+    if model_name:   # registered with the run's lineage as version tags in one call, then its model card
+        import mlflow
         from mlkit import registry
-        registry.annotate_version(model_name, version)
+        version = registry.register_version(mlflow.active_run().info.run_id, model_name).version
         tracking.set_tags({"mlkit.registered_model": f"{model_name} version {version}"})
     return FittedModelLog(test, primary, info.model_uri, str(version) if version else None, importance, arts, model=model)
 

@@ -38,7 +38,8 @@ def test_train_demo_records_everything(trained_store):
     assert {"notebook", "plots", "data"} <= arts, arts
     plots = {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "plots")}
     assert {"confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png"} <= plots, plots
-    assert [a.path for a in c.list_artifacts(run.info.run_id, "notebook")] == ["notebook/train.ipynb"]
+    assert [a.path for a in c.list_artifacts(run.info.run_id, "notebook")] == ["notebook/kernel.log", "notebook/train.ipynb"]
+    assert tags["mlkit.engine"] == "inprocess"          # mlkit's own pipelines run in the runner's process by default
     assert "quality_report.json" in {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "data")}
     mv = c.get_model_version("credit", "1")
     assert mv.run_id == run.info.run_id
@@ -47,6 +48,34 @@ def test_train_demo_records_everything(trained_store):
     assert meta["signature"] and meta["schema"]["target"] == "default" and meta["task"] == "binary" and meta["profile"]
     model = load_sklearn_model("models:/credit/1")
     assert hasattr(model, "predict_proba")
+
+
+def _artifacts(c, run_id, path=None):
+    "Every artifact path under `path` of a run, recursively."
+    out = set()
+    for a in c.list_artifacts(run_id, path):
+        out |= _artifacts(c, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+@pytest.mark.slow
+def test_both_engines_keep_the_same_record(trained_store, tmp_path):
+    "The in-process default and `--engine kernel` record the same params, metrics, tags, artifacts and registered version."
+    from mlflow import MlflowClient
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = run_mlkit("run", "train", "-p", CI, "--set", "model_name=credit", "--engine", "kernel", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert r.returncode == 0, r.stderr
+    a, b = MlflowClient(trained_store["uri"]), MlflowClient(uri)
+    ra, rb = a.get_run(trained_store["run_id"]), b.search_runs(["1"])[0]
+    assert (ra.info.status, rb.info.status) == ("FINISHED", "FINISHED")
+    assert ra.data.params == rb.data.params and ra.data.metrics == rb.data.metrics
+    assert set(ra.data.tags) == set(rb.data.tags)
+    assert (ra.data.tags["mlkit.engine"], rb.data.tags["mlkit.engine"]) == ("inprocess", "kernel")
+    same = ("mlkit.params_hash", "mlkit.data_fingerprint", "mlkit.eval_fingerprint", "mlkit.cache_key", "mlkit.registered_model")
+    assert {k: ra.data.tags[k] for k in same} == {k: rb.data.tags[k] for k in same}
+    assert _artifacts(a, ra.info.run_id) == _artifacts(b, rb.info.run_id)
+    va, vb = a.get_model_version("credit", "1"), b.get_model_version("credit", "1")
+    assert set(va.tags) == set(vb.tags) and va.tags["mlkit.params_hash"] == vb.tags["mlkit.params_hash"]
 
 
 @pytest.mark.slow
