@@ -49,7 +49,7 @@ def log_figure(fig, path:str) -> str:
     active_run_id(); mlflow.log_figure(fig, path if path.endswith((".png", ".jpg", ".svg")) else path + ".png")
     return path
 
-# %% ../nbs/16_api.ipynb #b7aa8d55
+# %% ../nbs/16_api.ipynb #8247b235
 def _sensitive_columns(sensitive, X_test) -> list[str]:
     "`sensitive` as a list of columns of `X_test` (the holdout the gate slices); ConfigError naming a column that is not there."
     from mlkit.core import ConfigError, did_you_mean

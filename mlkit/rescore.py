@@ -25,7 +25,7 @@ def _param(run, key, default=None):
     v = run.data.params.get(key)
     return default if v in (None, "None", "null", "") else v
 
-# %% ../nbs/10b_rescore.ipynb #8661e62d
+# %% ../nbs/10b_rescore.ipynb #0f030093
 def recorded_sensitive(run) -> list[str]:
     "The sensitive attributes `run` recorded: the train pipeline's `data.sensitive`, else the `mlkit.sensitive` tag of mlkit.log_model."
     if (p := _param(run, "data.sensitive")) is not None: return json.loads(p)
@@ -50,7 +50,7 @@ def eval_recipe(params:PromoteParams, run) -> dict:
                                                             int(_param(run, "seed", 0)))
     return r
 
-# %% ../nbs/10b_rescore.ipynb #bdb26eae
+# %% ../nbs/10b_rescore.ipynb #d1aede78
 def _holdout_recipe(e, run) -> dict:
     "The recipe for a run with no data recipe (a notebook of your own): the holdout `mlkit.log_model` froze in it."
     from mlkit.trust import check_model_uri
@@ -84,7 +84,7 @@ def build_eval_data(recipe:dict, *, task:str, run=None) -> tuple[pd.DataFrame, s
         df = split_data(df, target=t, test_size=recipe["test_size"], seed=recipe["seed"], task=task, time_column=recipe["time_column"])[1]
     return df, fingerprint_frame(df)
 
-# %% ../nbs/10b_rescore.ipynb #92db5f9b
+# %% ../nbs/10b_rescore.ipynb #d0cc2c8b
 def _read_frozen(recipe:dict) -> tuple[pd.DataFrame, str]:
     "(the frozen holdout of `recipe`, its fingerprint); GateError when it is missing, unreadable or not the rows that were logged."
     import tempfile, mlflow

@@ -109,6 +109,9 @@ def _refusal(name:str, modules:tuple) -> str|None:
     if name in get_allowed_types(): return None
     top = name.split(".")[0]
     if not _MODULE.fullmatch(name) or "." not in name: return "not a valid type name: never loaded"
+    if top in ("__main__", "__mp_main__"):
+        return ("defined in the notebook or script itself, not in a module, so nothing could load it: move the class into your "
+                "package (mypkg/features.py, or an nbdev notebook exporting it) and declare that package trusted")
     if top in _PYTHON: return "part of Python itself, which can run code and commands: never loaded"
     if top in _LISTED: return f"not on mlkit's reviewed list of {top} types and functions: never loaded"
     declared = next((m for m in modules if name.startswith(m + ".")), None)
