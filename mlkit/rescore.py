@@ -27,13 +27,13 @@ def _param(run, key, default=None):
 
 # %% ../nbs/10b_rescore.ipynb #0f030093
 def recorded_sensitive(run) -> list[str]:
-    "The sensitive attributes `run` recorded: the train pipeline's `data.sensitive`, else the `mlkit.sensitive` tag of mlkit.log_model."
+    "The sensitive attributes `run` recorded: the train pipeline's `data.sensitive`, else mlkit.log_model's `mlkit.sensitive` tag."
     if (p := _param(run, "data.sensitive")) is not None: return json.loads(p)
     return [s for s in run.data.tags.get("mlkit.sensitive", "").split(",") if s]
 
 # %% ../nbs/10b_rescore.ipynb #e1f0a003
 def eval_recipe(params:PromoteParams, run) -> dict:
-    "The evaluation-data recipe: gate parameters first, the challenger `run`'s training recipe (else its frozen holdout) for the rest."
+    "The evaluation-data recipe: gate parameters first, then the challenger `run`'s training recipe, else its frozen holdout."
     e = params.eval_data
     source = e.source or _param(run, "data.source")
     if source is None: return _holdout_recipe(e, run)
@@ -56,14 +56,15 @@ def _holdout_recipe(e, run) -> dict:
     from mlkit.trust import check_model_uri
     rid, tags = run.info.run_id, run.data.tags
     if not tags.get("mlkit.eval_data"):
-        raise GateError(f"run {rid} logged no data.source and no frozen holdout, so the gate has no evaluation data; log the "
-                        "model with mlkit.log_model (it keeps the holdout), or set eval_data.source in the gate params")
+        raise GateError(f"run {rid} logged no data.source and no frozen holdout, so the gate has no evaluation data; log "
+                        "the model with mlkit.log_model (it keeps the holdout), or set eval_data.source in the gate params")
     if given := [k for k in ("n_rows", "seed", "test_size") if getattr(e, k) is not None]:
-        raise GateError(f"eval_data.{given[0]} rebuilds data from a source, but run {rid} has none: the gate re-scores its "
-                        f"frozen holdout; set eval_data.source as well, or leave eval_data.{given[0]} out")
+        raise GateError(f"eval_data.{given[0]} rebuilds data from a source, but run {rid} has none: the gate re-scores "
+                        f"its frozen holdout; set eval_data.source as well, or leave eval_data.{given[0]} out")
     uri = check_model_uri(f"runs:/{rid}/{tags['mlkit.eval_data']}")   # a plain path inside the run's artifacts
     return {"source": uri, "frozen": True, "n_rows": None, "seed": None, "test_size": None, "holdout": False,
-            "target": e.target or tags.get("mlkit.target"), "drop_columns": [], "time_column": None, "same_as_run": True,
+            "target": e.target or tags.get("mlkit.target"), "drop_columns": [], "time_column": None,
+            "same_as_run": True,
             "fingerprint": tags.get("mlkit.eval_fingerprint"), "param": "eval_data.source",
             "what": f"the frozen holdout of run {rid} ({tags['mlkit.eval_data']}, kept by mlkit.log_model)"}
 
@@ -86,7 +87,7 @@ def build_eval_data(recipe:dict, *, task:str, run=None) -> tuple[pd.DataFrame, s
 
 # %% ../nbs/10b_rescore.ipynb #d0cc2c8b
 def _read_frozen(recipe:dict) -> tuple[pd.DataFrame, str]:
-    "(the frozen holdout of `recipe`, its fingerprint); GateError when it is missing, unreadable or not the rows that were logged."
+    "(the frozen holdout of `recipe`, its fingerprint); GateError when it is missing, unreadable or not the rows logged."
     import tempfile, mlflow
     with tempfile.TemporaryDirectory() as d:
         try: df = pd.read_parquet(mlflow.artifacts.download_artifacts(recipe["source"], dst_path=d))
@@ -96,7 +97,8 @@ def _read_frozen(recipe:dict) -> tuple[pd.DataFrame, str]:
     fp, t = fingerprint_frame(df), recipe["target"]
     if recipe.get("fingerprint") and fp != recipe["fingerprint"]:
         raise GateError(f"{recipe['what']} has fingerprint {fp}, but its run recorded {recipe['fingerprint']} "
-                        "(mlkit.eval_fingerprint): the artifact changed after it was logged; set eval_data.source to data you trust")
+                        "(mlkit.eval_fingerprint): the artifact changed after it was logged; set eval_data.source to data "
+                        "you trust")
     if t not in df.columns:
         raise GateError(f"{recipe['what']} has no target column '{t}'{did_you_mean(str(t), map(str, df.columns))}; "
                         "set eval_data.target")

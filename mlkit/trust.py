@@ -110,8 +110,8 @@ def _refusal(name:str, modules:tuple) -> str|None:
     top = name.split(".")[0]
     if not _MODULE.fullmatch(name) or "." not in name: return "not a valid type name: never loaded"
     if top in ("__main__", "__mp_main__"):
-        return ("defined in the notebook or script itself, not in a module, so nothing could load it: move the class into your "
-                "package (mypkg/features.py, or an nbdev notebook exporting it) and declare that package trusted")
+        return ("defined in the notebook or script itself, not in a module, so nothing could load it: move the class into "
+                "your package (mypkg/features.py, or an nbdev notebook exporting it) and declare that package trusted")
     if top in _PYTHON: return "part of Python itself, which can run code and commands: never loaded"
     if top in _LISTED: return f"not on mlkit's reviewed list of {top} types and functions: never loaded"
     declared = next((m for m in modules if name.startswith(m + ".")), None)
@@ -125,7 +125,7 @@ def check_types(types,                    # type names a skops file holds (skops
                ) -> list[str]:
     "`types` as the list to pass to skops once each is allowed here; ModelError naming every refused type and what would allow it."
     modules = read_trusted_modules(trusted_modules)
-    refused = {}                              # why → the types refused for that reason (one hint per module, not per class)
+    refused = {}                       # why → the types refused for that reason (one hint per module, not per class)
     for t in sorted(set(types)):
         if why := _refusal(t, modules): refused.setdefault(why, []).append(t)
     if refused:
@@ -146,7 +146,7 @@ def check_model_bytes(data:bytes, *, trusted_modules=None, where:str="the model 
 
 # %% ../nbs/06b_trust.ipynb #f424ac4f
 def load_skops(path, *, trusted_modules=None,
-               where:str|None=None):   # what the file is, for messages (e.g. "model 'models:/shop@champion'"); default: its path
+               where:str|None=None):   # what the file is, for messages ("model 'models:/shop@champion'"); default: its path
     "The object in the skops file at `path`, built only after every type in it passed `check_types`; ModelError otherwise."
     import skops.io as sio
     try: data = Path(path).read_bytes()
