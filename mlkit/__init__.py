@@ -49,6 +49,18 @@ def log_figure(fig, path:str) -> str:
     active_run_id(); mlflow.log_figure(fig, path if path.endswith((".png", ".jpg", ".svg")) else path + ".png")
     return path
 
+# %% ../nbs/16_api.ipynb #8247b235
+def _sensitive_columns(sensitive, X_test) -> list[str]:
+    "`sensitive` as a list of columns of `X_test` (the holdout the gate slices); ConfigError naming one that is not there."
+    from mlkit.core import ConfigError, did_you_mean
+    cols = [sensitive] if isinstance(sensitive, str) else [str(s) for s in sensitive or ()]
+    for c in cols:
+        if c not in X_test.columns:
+            hint = did_you_mean(c, map(str, X_test.columns))
+            raise ConfigError(f"sensitive column '{c}' is not in X_test{hint} (the gate slices the holdout by each sensitive "
+                              "column: keep it as a column of X_train and X_test)")
+    return cols
+
 # %% ../nbs/16_api.ipynb #a9100015
 def log_model(model,                     # a fitted sklearn estimator/Pipeline taking the raw feature table
               *, X_train, y_train, X_test, y_test,
@@ -66,8 +78,9 @@ def log_model(model,                     # a fitted sklearn estimator/Pipeline t
     target = getattr(y_train, "name", None) or "target"
     y_train, y_test = pd.Series(y_train, name=target).reset_index(drop=True), pd.Series(y_test, name=target).reset_index(drop=True)
     X_train, X_test = X_train.reset_index(drop=True), X_test.reset_index(drop=True)
-    task = task or mdata.infer_task(y_train)
-    schema = schema or mdata.infer_schema(X_train.assign(**{target: y_train}), target=target, task=task)
+    task, sensitive = task or mdata.infer_task(y_train), _sensitive_columns(sensitive, X_test)
+    schema = schema or mdata.infer_schema(X_train.assign(**{target: y_train}), target=target, task=task,
+                                          keep=tuple(map(str, X_train.columns)), quiet=True)  # it takes every column given
     primary = mev.check_metric(primary or mev.default_metric(task), task)
     ev = evaluate if isinstance(evaluate, EvalParams) else EvalParams(**(evaluate or {}))
     active_run_id()

@@ -59,7 +59,9 @@ COMMANDS = {
         (("--version",), dict(help="challenger version (default: the newest)")), (("--run",), dict(help="challenger run id (its model is registered)")),
         _PARAMS, _SET,
         (("--force",), dict(action="store_true", help="promote even if the gate fails (needs --reason; recorded as an override)")),
-        (("--reason",), dict(help="why (required with --force)"))),
+        (("--reason",), dict(help="why (required with --force)")),
+        (("--trust",), dict(action="append", metavar="MODULE", help="a module whose classes the models may hold, beside "
+                            "scikit-learn's (repeatable); default: $MLKIT_TRUSTED_MODULES or trusted_modules in settings.ini"))),
     "rollback": _cmd("mlkit.promote:cli_rollback", "restore the previous champion",
         (("model",), dict(help="registered model name")), (("--reason",), dict(help="why (recorded in the history)"))),
     "history": _cmd("mlkit.promote:cli_history", "show every alias move of a registered model", (("model",), dict(help="registered model name"))),

@@ -269,10 +269,10 @@ def format_verdict(v:GateVerdict) -> str:
     e, c = v.eval, v.config
     lines = [describe_gate(c["limits"], source=c["source"])] if c else []
     if c.get("weaker"): lines.append("warning: this gate is weaker than its defaults: " + "; ".join(c["weaker"]))
+    data = (f"{e['what']} rows={e.get('rows')}" if e.get("what") else    # a notebook's frozen holdout, else a recipe
+            f"{e.get('source')} rows={e.get('rows')} seed={e.get('seed')}{' holdout' if e.get('holdout') else ''}")
     lines += [f"gate: {v.name} v{v.challenger} (challenger) vs {('v' + v.champion) if v.champion else 'no champion'} — "
-              f"{v.task}, primary {v.primary}", f"evaluation data: {e.get('source')} rows={e.get('rows')} "
-                                                f"seed={e.get('seed')}"
-              f"{' holdout' if e.get('holdout') else ''}, fingerprint {e.get('fingerprint')}",
+              f"{v.task}, primary {v.primary}", f"evaluation data: {data}, fingerprint {e.get('fingerprint')}",
               v.table().drop(columns="detail").to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="")]
     if v.fairness is not None and len(v.fairness):
         lines += ["fairness slices (per group):", v.fairness.to_string(index=False, float_format=lambda x: f"{x:.4f}")]

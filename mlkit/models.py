@@ -65,12 +65,20 @@ def new_estimator(name:str, family:str):
     return est
 
 # %% ../nbs/05_models.ipynb #1041fccb
+def _takes_any_keyword(est) -> bool:
+    "Whether the estimator's class takes `**kwargs` (LightGBM, XGBoost): its library accepts names beyond `get_params()`."
+    import inspect
+    try: return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(type(est).__init__).parameters.values())
+    except (TypeError, ValueError): return False
+
 def _set_hyperparams(est, name:str, hyperparams:dict):
-    "Set `hyperparams` on `est`; ModelError naming any unknown hyperparameter or invalid value."
-    valid = est.get_params(deep=False)
+    "Set `hyperparams` on `est`; ModelError naming an unknown hyperparameter (for `**kwargs` estimators: a misspelt one)."
+    valid, extra_ok = est.get_params(deep=False), _takes_any_keyword(est)
     for k in hyperparams:
-        if k not in valid:
-            raise ModelError(f"unknown hyperparameter '{k}' for {name} ({type(est).__name__}){did_you_mean(k, valid)}; valid: {sorted(valid)}")
+        if k in valid or (extra_ok and not (hint := did_you_mean(k, valid))): continue
+        if extra_ok: raise ModelError(f"hyperparameter '{k}' for {name} looks misspelt{hint} (it passes names it does "
+                                      f"not declare to its engine, where a typo is ignored); declared: {sorted(valid)}")
+        raise ModelError(f"unknown hyperparameter '{k}' for {name} ({type(est).__name__}){did_you_mean(k, valid)}; valid: {sorted(valid)}")
     est.set_params(**hyperparams)
     from sklearn.utils._param_validation import InvalidParameterError
     try: est._validate_params()

@@ -147,7 +147,11 @@ def format_history(name:str) -> str:
 
 # %% ../nbs/10c_promote.ipynb #283547c9
 def cli_promote(args) -> int:
-    "`mlkit promote MODEL [--version V | --run RUN] [-p promote.yaml] [--force --reason TEXT]`: 0 promoted, 1 refused."
+    "`mlkit promote MODEL [--version V | --run RUN] [-p FILE] [--force --reason TEXT] [--trust MODULE]`: 0 promoted, 1 refused."
+    import os
+    from mlkit.trust import read_trusted_modules
+    if getattr(args, "trust", None) is not None:   # as for serve and score: this command's declaration, over env and settings
+        os.environ["MLKIT_TRUSTED_MODULES"] = ",".join(read_trusted_modules(args.trust))
     params, where = gate_params(path=getattr(args, "params", None), sets=getattr(args, "set", None))
     p = promote_version(args.model, version=args.version, run_id=args.run, params=params, force=args.force,
                         reason=args.reason, where=where)

@@ -16,8 +16,8 @@ from .gate import (FAIRNESS_METRICS, GateVerdict, PromoteParams, _check_metrics,
 from . import registry as reg
 
 # %% auto #0
-__all__ = ['eval_recipe', 'build_eval_data', 'Candidate', 'required_inputs', 'load_candidate', 'fairness_slices',
-           'baseline_scores', 'evaluate_gate']
+__all__ = ['recorded_sensitive', 'eval_recipe', 'build_eval_data', 'Candidate', 'required_inputs', 'load_candidate',
+           'fairness_slices', 'baseline_scores', 'evaluate_gate']
 
 # %% ../nbs/10b_rescore.ipynb #a57fbfec
 def _param(run, key, default=None):
@@ -25,13 +25,18 @@ def _param(run, key, default=None):
     v = run.data.params.get(key)
     return default if v in (None, "None", "null", "") else v
 
+# %% ../nbs/10b_rescore.ipynb #0f030093
+def recorded_sensitive(run) -> list[str]:
+    "The sensitive attributes `run` recorded: the train pipeline's `data.sensitive`, else mlkit.log_model's `mlkit.sensitive` tag."
+    if (p := _param(run, "data.sensitive")) is not None: return json.loads(p)
+    return [s for s in run.data.tags.get("mlkit.sensitive", "").split(",") if s]
+
 # %% ../nbs/10b_rescore.ipynb #e1f0a003
 def eval_recipe(params:PromoteParams, run) -> dict:
-    "The evaluation-data recipe: gate parameters first, the challenger `run`'s training recipe for what they leave open."
+    "The evaluation-data recipe: gate parameters first, then the challenger `run`'s training recipe, else its frozen holdout."
     e = params.eval_data
     source = e.source or _param(run, "data.source")
-    if source is None: raise GateError(f"run {run.info.run_id} logged no data.source, so the gate cannot rebuild its "
-                                       f"evaluation data; set eval_data.source in the gate params")
+    if source is None: return _holdout_recipe(e, run)
     n, run_n = e.n_rows or _param(run, "data.n_rows"), _param(run, "data.n_rows")
     r = {"source": source, "n_rows": int(n) if n else None, "seed": e.seed if e.seed is not None else int(_param(run, "seed", 0)),
          "test_size": e.test_size or float(_param(run, "data.test_size", 0.2)), "holdout": e.holdout,
@@ -45,9 +50,28 @@ def eval_recipe(params:PromoteParams, run) -> dict:
                                                             int(_param(run, "seed", 0)))
     return r
 
+# %% ../nbs/10b_rescore.ipynb #d1aede78
+def _holdout_recipe(e, run) -> dict:
+    "The recipe for a run with no data recipe (a notebook of your own): the holdout `mlkit.log_model` froze in it."
+    from mlkit.trust import check_model_uri
+    rid, tags = run.info.run_id, run.data.tags
+    if not tags.get("mlkit.eval_data"):
+        raise GateError(f"run {rid} logged no data.source and no frozen holdout, so the gate has no evaluation data; log "
+                        "the model with mlkit.log_model (it keeps the holdout), or set eval_data.source in the gate params")
+    if given := [k for k in ("n_rows", "seed", "test_size") if getattr(e, k) is not None]:
+        raise GateError(f"eval_data.{given[0]} rebuilds data from a source, but run {rid} has none: the gate re-scores "
+                        f"its frozen holdout; set eval_data.source as well, or leave eval_data.{given[0]} out")
+    uri = check_model_uri(f"runs:/{rid}/{tags['mlkit.eval_data']}")   # a plain path inside the run's artifacts
+    return {"source": uri, "frozen": True, "n_rows": None, "seed": None, "test_size": None, "holdout": False,
+            "target": e.target or tags.get("mlkit.target"), "drop_columns": [], "time_column": None,
+            "same_as_run": True,
+            "fingerprint": tags.get("mlkit.eval_fingerprint"), "param": "eval_data.source",
+            "what": f"the frozen holdout of run {rid} ({tags['mlkit.eval_data']}, kept by mlkit.log_model)"}
+
 # %% ../nbs/10b_rescore.ipynb #a8fe5acb
 def build_eval_data(recipe:dict, *, task:str, run=None) -> tuple[pd.DataFrame, str]:
     "(evaluation frame, its fingerprint) from `recipe`; GateError when it is not the data the run recorded or the params froze."
+    if recipe.get("frozen"): return _read_frozen(recipe)
     df = load_data(recipe["source"], n_rows=recipe["n_rows"], seed=recipe["seed"], param=recipe.get("param", "eval_data.source"))
     t = recipe["target"]      # drop_columns stay: another model may need them
     if t not in df.columns:
@@ -60,6 +84,25 @@ def build_eval_data(recipe:dict, *, task:str, run=None) -> tuple[pd.DataFrame, s
     if recipe["holdout"]:
         df = split_data(df, target=t, test_size=recipe["test_size"], seed=recipe["seed"], task=task, time_column=recipe["time_column"])[1]
     return df, fingerprint_frame(df)
+
+# %% ../nbs/10b_rescore.ipynb #d0cc2c8b
+def _read_frozen(recipe:dict) -> tuple[pd.DataFrame, str]:
+    "(the frozen holdout of `recipe`, its fingerprint); GateError when it is missing, unreadable or not the rows logged."
+    import tempfile, mlflow
+    with tempfile.TemporaryDirectory() as d:
+        try: df = pd.read_parquet(mlflow.artifacts.download_artifacts(recipe["source"], dst_path=d))
+        except Exception as e:
+            raise GateError(f"cannot read {recipe['what']}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}; "
+                            "set eval_data.source to a held-out file") from None
+    fp, t = fingerprint_frame(df), recipe["target"]
+    if recipe.get("fingerprint") and fp != recipe["fingerprint"]:
+        raise GateError(f"{recipe['what']} has fingerprint {fp}, but its run recorded {recipe['fingerprint']} "
+                        "(mlkit.eval_fingerprint): the artifact changed after it was logged; set eval_data.source to data "
+                        "you trust")
+    if t not in df.columns:
+        raise GateError(f"{recipe['what']} has no target column '{t}'{did_you_mean(str(t), map(str, df.columns))}; "
+                        "set eval_data.target")
+    return df, fp
 
 # %% ../nbs/10b_rescore.ipynb #f9b0ed36
 @dataclass
@@ -158,7 +201,7 @@ def evaluate_gate(name:str, challenger:str|int|Candidate, params:PromoteParams|N
     if champion == "current": champion = getattr(reg.get_alias(name, "champion"), "version", None)
     champ = champion if isinstance(champion, Candidate) or champion is None else load_candidate(name, champion)
     run = reg.find_run(chal.run_id)
-    recorded = json.loads(_param(run, "data.sensitive", "[]"))
+    recorded = recorded_sensitive(run)
     limits = gate_limits(params, task=chal.task, sensitive=recorded)
     source = (where or "defaults").replace("defaults", f"defaults for a {chal.task} model", 1)
     _check_metrics(params, limits, chal.task, where or "gate params")

@@ -97,7 +97,7 @@ def _lineage(run_id:str|None) -> dict:
     return {k: v for k, v in tags.items() if k.startswith("mlkit.") and k != "mlkit.packages"}
 
 # %% ../nbs/12c_runtime.ipynb #26d28bb2
-def _load_local_model(folder:str|Path):
+def _load_local_model(folder:str|Path, *, where:str|None=None):
     "The scikit-learn pipeline in a downloaded MLflow model folder (skops only, every type checked by `mlkit.trust`); no MLflow import."
     import yaml
     from mlkit.trust import check_model_path, load_skops
@@ -107,7 +107,7 @@ def _load_local_model(folder:str|Path):
     sk = (conf or {}).get("flavors", {}).get("sklearn") or {}
     if sk.get("serialization_format") != "skops":
         raise ModelError(f"the model in {folder} is not a skops-serialized scikit-learn model; mlkit loads only those (re-log it with mlkit)")
-    return load_skops(check_model_path(folder, sk.get("pickled_model")))
+    return load_skops(check_model_path(folder, sk.get("pickled_model")), where=where)
 
 # %% ../nbs/12c_runtime.ipynb #26d28bb3
 _FETCH = """
@@ -152,7 +152,7 @@ def load_served_model(uri:str, *, unseen:str="pipeline", overlap:bool=False) -> 
         meta["lineage"] = _lineage(meta.get("run_id"))
     else:
         tmp = tempfile.mkdtemp(prefix="mlkit-model-")
-        try: meta = _fetch_in_helper(uri, tmp); pipe = _load_local_model(meta.pop("local_dir"))
+        try: meta = _fetch_in_helper(uri, tmp); pipe = _load_local_model(meta.pop("local_dir"), where=f"model '{uri}'")
         finally: shutil.rmtree(tmp, ignore_errors=True)
     return ServedModel(pipe, schema=meta.get("schema"), task=meta.get("task"), name=meta.get("name"), version=meta.get("version"),
                        run_id=meta.get("run_id"), uri=uri, meta=meta, unseen=unseen)

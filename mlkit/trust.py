@@ -109,6 +109,9 @@ def _refusal(name:str, modules:tuple) -> str|None:
     if name in get_allowed_types(): return None
     top = name.split(".")[0]
     if not _MODULE.fullmatch(name) or "." not in name: return "not a valid type name: never loaded"
+    if top in ("__main__", "__mp_main__"):
+        return ("defined in the notebook or script itself, not in a module, so nothing could load it: move the class into "
+                "your package (mypkg/features.py, or an nbdev notebook exporting it) and declare that package trusted")
     if top in _PYTHON: return "part of Python itself, which can run code and commands: never loaded"
     if top in _LISTED: return f"not on mlkit's reviewed list of {top} types and functions: never loaded"
     declared = next((m for m in modules if name.startswith(m + ".")), None)
@@ -122,11 +125,13 @@ def check_types(types,                    # type names a skops file holds (skops
                ) -> list[str]:
     "`types` as the list to pass to skops once each is allowed here; ModelError naming every refused type and what would allow it."
     modules = read_trusted_modules(trusted_modules)
-    refused = {t: why for t in sorted(set(types)) if (why := _refusal(t, modules))}
+    refused = {}                       # why → the types refused for that reason (one hint per module, not per class)
+    for t in sorted(set(types)):
+        if why := _refusal(t, modules): refused.setdefault(why, []).append(t)
     if refused:
         here = f"trusted modules here: {list(modules)}" if modules else "no trusted modules declared here"
-        raise ModelError(f"{where} holds {len(refused)} type(s) mlkit will not load ({here}): "
-                         + "; ".join(f"{t} — {why}" for t, why in refused.items()))
+        raise ModelError(f"{where} holds {sum(map(len, refused.values()))} type(s) mlkit will not load ({here}): "
+                         + "; ".join(f"{', '.join(ts)} — {why}" for why, ts in refused.items()))
     return sorted(set(types))
 
 # %% ../nbs/06b_trust.ipynb #06863294
@@ -140,12 +145,13 @@ def check_model_bytes(data:bytes, *, trusted_modules=None, where:str="the model 
     return check_types(found, trusted_modules=trusted_modules, where=where)
 
 # %% ../nbs/06b_trust.ipynb #f424ac4f
-def load_skops(path, *, trusted_modules=None):
+def load_skops(path, *, trusted_modules=None,
+               where:str|None=None):   # what the file is, for messages ("model 'models:/shop@champion'"); default: its path
     "The object in the skops file at `path`, built only after every type in it passed `check_types`; ModelError otherwise."
     import skops.io as sio
     try: data = Path(path).read_bytes()
     except OSError as e: raise ModelError(f"cannot read the model file {path}: {e.strerror}") from None
-    trusted = check_model_bytes(data, trusted_modules=trusted_modules, where=f"model file {path}")
+    trusted = check_model_bytes(data, trusted_modules=trusted_modules, where=where or f"model file {path}")
     try: return sio.loads(data, trusted=trusted)
     except Exception as e:
         raise ModelError(f"model file {path} passed the type check but did not load ({type(e).__name__}: {str(e)[:200]}); "
