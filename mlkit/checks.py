@@ -219,7 +219,12 @@ def _score_of(task:str, y:np.ndarray, p:np.ndarray) -> float:
 # %% ../nbs/02a_checks.ipynb #c1a0e053
 def _leak_score(x:pd.Series, y:np.ndarray, a:np.ndarray, b:np.ndarray, task:str, seed:int) -> float:
     "How well `x` alone, fitted on rows `a`, predicts `y` on rows `b` (the metric of `LEAK_LIMITS[task]`)."
-    return _score_of(task, y[b], _one_feature_predictions(x.iloc[a], y[a], x.iloc[b], task, seed))
+    score = _score_of(task, y[b], _one_feature_predictions(x.iloc[a], y[a], x.iloc[b], task, seed))
+    if task == "regression" and column_kind(x) == "numeric":   # a monotone transform of the target (a unit change, a log) is a
+        from scipy.stats import spearmanr                        # leak even where a small tree's steps cannot fit it closely
+        rho = spearmanr(x.iloc[b].to_numpy(dtype=float), y[b], nan_policy="omit").statistic
+        if np.isfinite(rho): score = max(score, float(rho) ** 2)
+    return score
 
 # %% ../nbs/02a_checks.ipynb #c1a0e062
 def _leak_sample(d:pd.DataFrame, target:str, task:str, seed:int):

@@ -9,8 +9,9 @@ from pathlib import Path
 from .core import RunnerError
 
 # %% auto #0
-__all__ = ['ENGINES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'ensure_kernel', 'KernelStart', 'KernelError',
-           'output_to', 'execute_in_process', 'execute_notebook', 'output_images', 'summarize_error']
+__all__ = ['ENGINES', 'NOTICE_PREFIXES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'ensure_kernel', 'KernelStart',
+           'KernelError', 'output_to', 'execute_in_process', 'execute_notebook', 'output_images', 'output_notices',
+           'summarize_error']
 
 # %% ../nbs/08_execute.ipynb #8e0c0007
 class Terminated(KeyboardInterrupt):
@@ -140,7 +141,6 @@ def evaluate(self:KernelStart, expression:str, timeout:float=600) -> str:
     if answer.get("status") != "ok": raise KernelError(answer.get("ename", "Error"), answer.get("evalue", ""))
     return answer.get("data", {}).get("text/plain", "")
 
-
 # %% ../nbs/08_execute.ipynb #8e0c0015
 _SHELL = []
 
@@ -256,6 +256,19 @@ def output_images(nb) -> dict[str, bytes]:
                     k += 1
                     out[f"cell{i:02d}-{k}.{ext}"] = base64.b64decode("".join(o["data"][mime]))
     return out
+
+# %% ../nbs/08_execute.ipynb #8e0c002a
+NOTICE_PREFIXES = ("note: ", "warning: ")
+
+def output_notices(nb) -> list[str]:
+    "The lines printed by the cells of executed notebook `nb` that start with `note: ` or `warning: `, in order, each once."
+    seen = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if o.get("output_type") != "stream": continue
+            for line in "".join(o.get("text", "")).splitlines():
+                if line.startswith(NOTICE_PREFIXES): seen.setdefault(line, None)
+    return list(seen)
 
 # %% ../nbs/08_execute.ipynb #9bb7f81f
 def _cell_name(e, cells) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir, redact
 from .config import SCHEMAS, flatten_params, load_params, params_hash, read_yaml
 from . import lineage, record, tracking
-from .execute import ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, stop_on_signals, summarize_error
+from .execute import (ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, output_notices, stop_on_signals,
+                           summarize_error)
 from .cache import NEVER_REUSED, find_reusable, new_store, run_key
 
 # %% auto #0
@@ -182,8 +183,11 @@ def check_model_params(params) -> None:
     raise errors[0]
 
 def check_before_kernel(r:Resolved) -> None:
-    "The checks of a pipeline's parameters that need no data (or only a file's header)."
-    if r.schema in ("train", "tune"): check_model_params(r.params)
+    "The checks of a pipeline's parameters that need no data (or only a file's header): estimator, steps, source, named columns."
+    if r.schema not in ("train", "tune"): return
+    check_model_params(r.params)
+    from mlkit.data import named_columns, precheck_data
+    precheck_data(r.params.data.source, named=named_columns(r.params))
 
 # %% ../nbs/08b_runner.ipynb #f1041495
 def choose_engine(nb_path:Path, engine:str|None=None) -> str:
@@ -191,7 +195,6 @@ def choose_engine(nb_path:Path, engine:str|None=None) -> str:
     if engine is None: return "inprocess" if is_packaged(nb_path) else "kernel"
     if engine not in ENGINES: raise ConfigError(f"unknown engine '{engine}'{did_you_mean(engine, ENGINES)}; use one of {list(ENGINES)}")
     return engine
-
 
 # %% ../nbs/08b_runner.ipynb #5136bf78
 def _run_tags(nb_path:Path, r:Resolved, engine:str) -> dict:
@@ -301,7 +304,6 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
         return _execute(nb_path, nb, r, starter=starter, engine=engine, out=out, work=work, timeout=timeout, tags=tags,
                         parent_run_id=parent_run_id, force=force, progress=progress)
 
-
 # %% ../nbs/08b_runner.ipynb #66cd9278
 def _start_kernel(work:Path) -> KernelStart:
     "A new store made first (the kernel opens it while it warms up), then the kernel, starting in the background."
@@ -309,6 +311,13 @@ def _start_kernel(work:Path) -> KernelStart:
     return KernelStart(log_path=work / "kernel.log", warmup="__import__('mlkit.record', fromlist=['_']).warm()")
 
 # %% ../nbs/08b_runner.ipynb #9de5f2e5
+def _relay_notices(out:Path) -> None:
+    "Repeat on stderr the `note:`/`warning:` lines the notebook's cells printed (they are also in the executed notebook)."
+    if not out.exists(): return
+    try: nb = import_nbformat().read(out, as_version=4)
+    except Exception: return                 # an unreadable partial notebook: its record says more than its notes
+    for line in output_notices(nb): print(line, file=sys.stderr)
+
 def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
     "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
     try:
@@ -336,6 +345,7 @@ def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, ta
         try: done = _close(starter, idle, run_id, str(out.resolve()), str(work / "kernel.log"), status, error, tags)
         finally:
             if starter: starter.stop()
+    _relay_notices(out)
     for w in done["warnings"]: print(f"warning: {w}", file=sys.stderr)
     if stop is not None:
         print(f"run {run_id} is marked KILLED ({error}); its partial executed notebook is attached", file=sys.stderr)

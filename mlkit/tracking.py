@@ -247,7 +247,7 @@ def _model_version(client, name:str, ref:str, by_alias:bool):
     try: client.get_registered_model(name)
     except MlflowException:
         names = [m.name for m in client.search_registered_models()]
-        raise ModelError(f"no registered model '{name}' in {tracking_uri()}{did_you_mean(name, names)}; registered: {names}") from None
+        raise ModelError(f"no registered model '{name}' in {redact(tracking_uri())}{did_you_mean(name, names)}; registered: {names}") from None
     try:
         if by_alias: return client.get_model_version_by_alias(name, ref)
         if ref in ("", "latest"): return max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
@@ -266,7 +266,7 @@ def _version_source(client, mv) -> str:
         if src.startswith(("models:/m-", "runs:/")): return trust.check_model_uri(src)
         if not mv.run_id: raise ModelError(f"its files are at '{src}' with no run: mlkit loads only models logged in a run; register it from its run")
         try: root = client.get_run(mv.run_id).info.artifact_uri
-        except MlflowException: raise ModelError(f"its run '{mv.run_id}' is not in {tracking_uri()}") from None
+        except MlflowException: raise ModelError(f"its run '{mv.run_id}' is not in {redact(tracking_uri())}") from None
         return trust.check_source(src, root=root)
     except ModelError as e: raise ModelError(f"{what}: {e}") from None
 
@@ -282,14 +282,14 @@ def resolve_model(uri:str) -> dict:
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/")[0]
         try: client.get_run(run_id)
-        except MlflowException: raise ModelError(f"no run '{run_id}' in {tracking_uri()}") from None
+        except MlflowException: raise ModelError(f"no run '{run_id}' in {redact(tracking_uri())}") from None
         return {"uri": uri, "name": None, "version": None, "run_id": run_id, "source": uri}
     ref = uri[len("models:/"):]
     name, at, alias = ref.partition("@")
     if not at: name, _, alias = ref.partition("/")
     if name.startswith("m-") and not at and not alias:  # MLflow 3 logged-model id (ModelInfo.model_uri)
         try: lm = client.get_logged_model(name)
-        except MlflowException: raise ModelError(f"no logged model '{name}' in {tracking_uri()}") from None
+        except MlflowException: raise ModelError(f"no logged model '{name}' in {redact(tracking_uri())}") from None
         return {"uri": uri, "name": None, "version": None, "run_id": lm.source_run_id, "source": uri}
     mv = _model_version(client, name, alias, bool(at))
     return {"uri": uri, "name": name, "version": str(mv.version), "run_id": mv.run_id, "source": _version_source(client, mv)}

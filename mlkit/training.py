@@ -5,7 +5,7 @@
 # %% ../nbs/07b_training.ipynb #7e2be51b
 from __future__ import annotations
 from dataclasses import dataclass, field
-from . import data as mdata, evaluate as mev, profile as mprofile, tracking
+from . import checks, data as mdata, evaluate as mev, profile as mprofile, tracking
 
 # %% auto #0
 __all__ = ['TrainingData', 'prepare_training_data', 'FittedModelLog', 'log_fitted_model', 'train_model']
@@ -36,20 +36,28 @@ class TrainingData:
 def _task_of(df, target:str, task:str) -> str:
     return task if task != "auto" else mdata.infer_task(df[target]) if target in df else "auto"
 
+def _kept_columns(params) -> list[str]:
+    "Columns the params keep as features even if they look like identifiers: data.keep_columns and explicit feature lists."
+    f = getattr(params, "features", None)
+    return [*params.data.keep_columns, *(getattr(f, "numeric", None) or []), *(getattr(f, "categorical", None) or [])]
+
 def prepare_training_data(params) -> TrainingData:
     "Load, check, describe and split the data named in `params.data` (a `TrainParams`); `DataError` naming the problem otherwise."
     d = params.data
     df = mdata.load_data(d.source, n_rows=d.n_rows, seed=params.seed)
     target = d.target or mdata.default_target(d.source)
-    df = df.drop(columns=d.drop_columns, errors="raise") if d.drop_columns else df
     task = _task_of(df, target, d.task)
-    mdata.check_training_data(df, target, task)
+    checks.check_training_data(df, target, task, named=mdata.named_columns(params))   # every column a parameter names
+    df = df.drop(columns=d.drop_columns) if d.drop_columns else df
     primary = mev.check_metric(params.evaluate.primary_metric or mev.default_metric(task), task)
-    schema = mdata.infer_schema(df, target=target, task=task, id_column=d.id_column, time_column=d.time_column)
+    schema = checks.infer_schema(df, target=target, task=task, id_column=d.id_column, time_column=d.time_column,
+                                 keep=_kept_columns(params))       # prints a note for each identifier-like column left out
     train, test = mdata.split_data(df, target=target, test_size=d.test_size, seed=params.seed, task=task, time_column=d.time_column)
-    drop = [c for c in (target, schema["id_column"], schema["time_column"]) if c]
-    return TrainingData(train.drop(columns=drop), train[target], test.drop(columns=drop), test[target], schema, task, target, primary,
-                        mdata.fingerprint_frame(df), mdata.quality_report(df, target=target, id_column=schema["id_column"]), str(d.source))
+    cols = checks.input_columns(schema)
+    checks.warn_leaks(train, target=target, task=task, columns=cols, seed=params.seed)   # on the training split only
+    return TrainingData(train[cols], train[target], test[cols], test[target], schema, task, target, primary,
+                        mdata.fingerprint_frame(df), checks.quality_report(df, target=target, id_column=schema["id_column"]),
+                        str(d.source))
 
 # %% ../nbs/07b_training.ipynb #7824c143
 @dataclass

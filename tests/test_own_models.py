@@ -363,16 +363,7 @@ def test_mlkit_score_scores_a_csv_with_the_custom_transformer(shop_promoted):
     assert len(out) == 300 and set(out.prediction) <= {0, 1} and {"proba_0", "proba_1"} <= set(out.columns)
 
 
-def _monitor_broken() -> bool:
-    "Whether `mlkit monitor` still stops before loading any model (the monitor chapters are being finished elsewhere)."
-    import inspect
-    import mlkit.monitor, mlkit.runner
-    return "run_pipeline" in inspect.getsource(mlkit.monitor.cli_monitor) and not hasattr(mlkit.runner, "run_pipeline")
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(_monitor_broken(), strict=True, reason="mlkit monitor is broken on main: mlkit.monitor.cli_monitor imports "
-                   "mlkit.runner.run_pipeline, which the runner no longer has (ImportError before any model is loaded)")
 def test_mlkit_monitor_checks_a_batch_against_the_notebook_models_profile(shop_promoted):
     s = shop_promoted
     args = ("monitor", "--input", "batch.csv", "--model", "models:/shop@champion")

@@ -111,14 +111,26 @@ def test_foreign_csv_trains_with_only_a_params_file(tmp_path):
 
 @pytest.mark.slow
 def test_regression_csv_trains(tmp_path):
+    "Issues 11.2-11.4 through `mlkit run`: a name unique per row is left out with a note, a column derived from the target is warned"
+    "about, `--set model_name=null` registers nothing."
+    import mlflow
     rng = np.random.default_rng(3)
-    df = pd.DataFrame({"x1": rng.normal(size=400), "x2": rng.choice(list("abc"), 400)})
+    df = pd.DataFrame({"owner": [f"Person {i}" for i in range(400)], "x1": rng.normal(size=400), "x2": rng.choice(list("abc"), 400)})
     df["price"] = 3 * df.x1 + (df.x2 == "a") + rng.normal(0, 0.1, 400)
+    df["price_eur"] = 0.92 * df.price
     df.to_parquet(tmp_path / "houses.parquet")
     (tmp_path / "p.yaml").write_text("data: {source: houses.parquet, target: price, task: regression}\nmodel: {estimator: ridge}\n")
-    r = run_mlkit("run", "train", "-p", "p.yaml", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = run_mlkit("run", "train", "-p", "p.yaml", "--set", "model_name=null", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert r.returncode == 0, r.stderr
-    assert "test_rmse" in r.stdout and "test_r2" in r.stdout
+    assert "test_rmse" in r.stdout and "test_r2" in r.stdout and "registered" not in r.stdout
+    assert "note: leaving column 'owner' out of the features: it looks like an identifier (text unique in 400 of 400 rows)" in r.stderr
+    assert "warning: column 'price_eur' alone predicts the target 'price' almost perfectly" in r.stderr
+    client = mlflow.MlflowClient(uri)
+    assert client.search_registered_models() == []
+    run = client.search_runs([client.get_experiment_by_name("mlkit").experiment_id])[0]
+    schema = json.loads(Path(client.download_artifacts(run.info.run_id, "data/schema.json", str(tmp_path))).read_text())
+    assert "owner" not in schema["columns"] and {"x1", "x2", "price_eur"} <= set(schema["columns"])
 
 
 # --- bad input: a clear message, a non-zero exit, and no run left RUNNING ----------------------------------------------
