@@ -4,6 +4,7 @@
 
 # %% ../nbs/10c_promote.ipynb #b0b1e004
 from __future__ import annotations
+import sys
 from dataclasses import dataclass
 import pandas as pd
 from .core import GateError, RegistryError
@@ -83,7 +84,8 @@ def promote_version(name:str, *, version=None, run_id=None, params:PromoteParams
             reg.get_client().set_registered_model_alias(name, "challenger", challenger)
         action = "promote" if v.passed else "force" if force else "refused"
         try: entry = _record(name, v, action, current, reason); break
-        except reg.ChampionChanged: continue
+        except reg.ChampionChanged as e:   # another promotion won the race: say so, and gate against the new champion
+            print(f"note: {str(e).removesuffix('; evaluate again')}; evaluating again", file=sys.stderr)
     else: raise RegistryError(f"champion of '{name}' kept moving during {attempts} evaluations; retry when the others finish")
     if action != "refused" and _aliases(name).get("challenger") == challenger:
         reg.get_client().delete_registered_model_alias(name, "challenger")
