@@ -93,6 +93,7 @@ class KernelError(RunnerError):
         super().__init__(f"{ename}: {evalue}")
         self.ename, self.evalue = ename, evalue
 
+# %% ../nbs/08_execute.ipynb #ee6ea7c1
 @patch
 def _ask(self:KernelStart, km, expression:str, *, timeout:float) -> dict:
     "The kernel's answer to `expression` as a user expression ({'status': 'ok', 'data': ...} or the error); RunnerError if none came."
@@ -118,6 +119,7 @@ def wait(self:KernelStart):
         raise RunnerError(f"the '{self.name}' kernel did not start: {self.error}; run `mlkit kernel` to re-register it ({self.log_path})")
     return self.km
 
+# %% ../nbs/08_execute.ipynb #5e900e61
 @patch
 def stop(self:KernelStart, timeout:float=20.0):
     "Shut the kernel down at once (the run is over, whatever happened); kill its process if shutting down hangs."
@@ -151,6 +153,7 @@ def _shell():
     else: _SHELL[0].reset(new_session=False)
     return _SHELL[0]
 
+# %% ../nbs/08_execute.ipynb #b6a80b7b
 def _output(o:dict):
     "An execnb output as a notebook output node, with its multi-line texts joined as nbformat stores them after reading."
     import nbformat
@@ -159,6 +162,7 @@ def _output(o:dict):
     if "data" in o: o["data"] = {k: "".join(v) if isinstance(v, list) else v for k, v in o["data"].items()}
     return nbformat.from_dict(o)
 
+# %% ../nbs/08_execute.ipynb #4161a781
 def _run_cells(nb_man, timeout:int|None):
     "Execute the code cells of papermill's managed notebook in the process's shell."
     shell = _shell()
@@ -224,6 +228,7 @@ def _quiet_papermill():
     import_nbformat()
     logging.getLogger("papermill").setLevel(logging.WARNING)
 
+# %% ../nbs/08_execute.ipynb #1e6a7a2b
 def execute_notebook(nb,                          # a NotebookNode (or a path)
                      output_path:str|Path,        # written after every cell
                      *, parameters:dict|None=None, # injected after the cell tagged `parameters`
@@ -278,6 +283,7 @@ def _cell_name(e, cells) -> str:
     first = next((l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith("#")), "")
     return f"cell {n}" + (f" ({first[:60]}{'…' if len(first) > 60 else ''})" if first else "")
 
+# %% ../nbs/08_execute.ipynb #be72a275
 def summarize_error(e:BaseException, timeout:int|None=None, cells=None) -> str:
     "One line for a papermill, kernel or signal failure (`cells`: the notebook's own cell sources, to number the failed one)."
     from papermill.exceptions import PapermillExecutionError

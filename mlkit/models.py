@@ -38,6 +38,7 @@ def _family_of(est) -> str|None:
     from sklearn.base import is_classifier, is_regressor
     return "classification" if is_classifier(est) else "regression" if is_regressor(est) else None
 
+# %% ../nbs/05_models.ipynb #824458e3
 def _builtin(name:str, family:str):
     if name not in ESTIMATORS:
         raise ModelError(f"unknown estimator '{name}'{did_you_mean(name, ESTIMATORS)}; available: {list(ESTIMATORS)} "
@@ -71,6 +72,7 @@ def _takes_any_keyword(est) -> bool:
     try: return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(type(est).__init__).parameters.values())
     except (TypeError, ValueError): return False
 
+# %% ../nbs/05_models.ipynb #95871740
 def _set_hyperparams(est, name:str, hyperparams:dict):
     "Set `hyperparams` on `est`; ModelError naming an unknown hyperparameter (for `**kwargs` estimators: a misspelt one)."
     valid, extra_ok = est.get_params(deep=False), _takes_any_keyword(est)
@@ -103,6 +105,7 @@ def _get(params, key:str, default):
     if params is None: return default
     return params.get(key, default) if isinstance(params, dict) else getattr(params, key, default)
 
+# %% ../nbs/05_models.ipynb #3eafb2df
 def _schema_after(before:list, sample, schema:dict) -> dict:
     "The schema of the table the `before` steps make from `sample` (the generated preprocessing is built for it)."
     import pandas as pd
@@ -114,6 +117,7 @@ def _schema_after(before:list, sample, schema:dict) -> dict:
                                                          "place it 'after' the preprocessing, or give it set_output(transform='pandas')")
     return {**infer_schema(X), "target": None, "id_column": None, "time_column": None}
 
+# %% ../nbs/05_models.ipynb #8370c3cb
 def make_model(schema:dict, # from `mlkit.data.infer_schema`
                *, task:str|None=None, # default: the schema's task
                model=None, # ModelParams, a dict (estimator, hyperparams) or None

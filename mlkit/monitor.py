@@ -156,6 +156,7 @@ def _png(fig) -> bytes:
     if isinstance(fig, bytes): return fig
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=90); return buf.getvalue()
 
+# %% ../nbs/14a_monitor.ipynb #472d766e
 def report_html(report:DriftReport, # a drift report
                 *, title:str="mlkit drift report", # page title (e.g. the model URI)
                 figures:dict|None=None, # name → Figure (or PNG bytes) to embed
@@ -238,6 +239,7 @@ def _loggable(params:MonitorParams) -> MonitorParams:
     secret = {k: url_origin(os.path.expandvars(v)) for k in ("webhook", "pushgateway") if (v := getattr(params, k))}
     return params.model_copy(update=secret) if secret else params
 
+# %% ../nbs/14a_monitor.ipynb #1879b677
 def _log_missing_params(params:MonitorParams) -> None:
     "Log the params the active run does not hold yet (a runner may have logged them already)."
     import mlflow
@@ -270,6 +272,7 @@ def _send_alert(params:MonitorParams, payload:dict) -> dict:
     mlflow.set_tags({f"mlkit.monitor.{k}": v for k, v in out.items()})
     return out
 
+# %% ../nbs/14a_monitor.ipynb #e250e970
 def _push(params:MonitorParams, report, payload:dict) -> str:
     "Push the drift metrics to the Pushgateway (a cron job shows on the serving dashboard); the outcome, also tagged on the run."
     import mlflow
@@ -282,6 +285,7 @@ def _push(params:MonitorParams, report, payload:dict) -> str:
     mlflow.set_tag("mlkit.monitor.pushgateway", out)
     return out
 
+# %% ../nbs/14a_monitor.ipynb #7d3211ae
 def _retrain(params:MonitorParams, payload:dict, run_id:str) -> dict:
     "`retrain_and_gate` after an alert; its outcome tagged on the monitor run and stored as `monitor/retrain.json`."
     import mlflow

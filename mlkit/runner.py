@@ -26,6 +26,7 @@ def list_pipelines() -> list[str]:
 
 DEDICATED = {"tune": "mlkit tune -p params/tune.yaml --workers 2"}  # pipelines started by their own command, not `mlkit run`
 
+# %% ../nbs/08b_runner.ipynb #e537da03
 def resolve_notebook(pipeline:str) -> Path:
     "The notebook file for a pipeline name or a notebook path."
     if pipeline.endswith(".ipynb") or os.sep in pipeline:
@@ -50,6 +51,7 @@ def is_packaged(nb_path:Path) -> bool:
     "Whether `nb_path` is one of the pipeline notebooks shipped with mlkit."
     return Path(nb_path).resolve().parent == pipelines_dir().resolve()
 
+# %% ../nbs/08b_runner.ipynb #edf335a2
 def pipeline_schema(nb_path:Path) -> str|None:
     "The schema name of a pipeline shipped with mlkit (`train`, `compare`, `monitor`, ...); None for a notebook of your own."
     return nb_path.stem if is_packaged(nb_path) and nb_path.stem in SCHEMAS else None
@@ -66,6 +68,7 @@ def _declared_type(d:dict) -> str:
     try: return type(ast.literal_eval(d.get("default", "None"))).__name__
     except (ValueError, SyntaxError): return "none"
 
+# %% ../nbs/08b_runner.ipynb #f114bd3c
 def _default(d:dict):
     "The literal default of a declared parameter (its source text when it is not a literal)."
     import ast
@@ -140,12 +143,14 @@ def _environment(env:dict):
 def _parameters_cell(nb):
     return next((c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
 
+# %% ../nbs/08b_runner.ipynb #8f77c2cf
 def notebook_parameters(nb) -> dict:
     "The parameters declared in the cell tagged `parameters` of notebook `nb` (a NotebookNode or path), {} when it has none."
     from papermill.translators import PythonTranslator
     cell = _parameters_cell(read_notebook(nb) if isinstance(nb, (str, Path)) else nb)
     return {} if cell is None else {p.name: p._asdict() for p in PythonTranslator.inspect(cell)}
 
+# %% ../nbs/08b_runner.ipynb #6384b9e2
 def resolve_parameters(nb_path:Path, *, params=None, sets=(), experiment:str|None=None, nb=None) -> Resolved:
     "The checked parameters of notebook `nb_path` (`params`: a YAML file or a mapping; `sets`: `key=value` overrides)."
     schema, nb = pipeline_schema(nb_path), nb if nb is not None else read_notebook(nb_path)
@@ -182,6 +187,7 @@ def check_model_params(params) -> None:
         except ModelError as e: errors.append(e)
     raise errors[0]
 
+# %% ../nbs/08b_runner.ipynb #38d55dbc
 def check_before_kernel(r:Resolved) -> None:
     "The checks of a pipeline's parameters that need no data (or only a file's header): estimator, steps, source, named columns."
     if r.schema not in ("train", "tune"): return
@@ -232,6 +238,7 @@ class RunResult:
     experiment_id: str | None = None
     reused: bool = False             # an earlier run with the same inputs, not a new execution
 
+# %% ../nbs/08b_runner.ipynb #c0bc890a
 def contract_cell(run_id:str):
     "The cell injected at the top of the notebook: it makes run `run_id` the active MLflow run of the execution."
     nbformat = import_nbformat()
@@ -245,6 +252,7 @@ def _from_kernel(starter:KernelStart, fn:str, *args, timeout:float=1800):
     expr = f"__import__('json').dumps(__import__('mlkit.record', fromlist=['_']).{fn}(*{args!r}))"
     return json.loads(ast.literal_eval(starter.evaluate(expr, timeout=timeout)))
 
+# %% ../nbs/08b_runner.ipynb #db2426d5
 def _open(starter:KernelStart|None, spec:dict) -> str:
     "Create the run in the kernel when there is one (MLflow is imported there anyway), else here; returns its id."
     if starter is not None:
@@ -318,6 +326,7 @@ def _relay_notices(out:Path) -> None:
     except Exception: return                 # an unreadable partial notebook: its record says more than its notes
     for line in output_notices(nb): print(line, file=sys.stderr)
 
+# %% ../nbs/08b_runner.ipynb #4b4ae17f
 def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
     "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
     try:
@@ -370,6 +379,7 @@ def key_metrics(metrics:dict, primary:str|None=None, limit:int=8) -> dict:
     order = lambda k: (first.index(k) if k in first else 2 + (0 if k.startswith("test_") else 1 if k.endswith("_mean") else 2), k)
     return {k: metrics[k] for k in sorted((k for k in metrics if not k.endswith("_std")), key=order)[:limit]}
 
+# %% ../nbs/08b_runner.ipynb #415dbb68
 def format_result(r:RunResult) -> str:
     "What `mlkit run` prints about a finished run."
     uri = redact(tracking.tracking_uri())

@@ -25,6 +25,7 @@ def tracking_uri() -> str:
     "`$MLFLOW_TRACKING_URI`, or MLflow's default SQLite store `mlflow.db` in the working directory."
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve()}/mlflow.db"
 
+# %% ../nbs/07_tracking.ipynb #44fb9389
 def configure() -> str:
     "Point mlflow at `tracking_uri()` (and make child processes agree); a server is checked once per process. Returns the URI."
     import mlflow
@@ -43,6 +44,7 @@ def _who() -> str:
     u = os.environ.get("MLFLOW_TRACKING_USERNAME")
     return f"user '{u}'" if u else "no user (MLFLOW_TRACKING_USERNAME is not set)"
 
+# %% ../nbs/07_tracking.ipynb #a25b0122
 def _reason(e:Exception) -> str:
     s = str(e)
     for key, say in (("Connection refused", "connection refused"), ("timed out", "no answer in time"), ("timeout", "no answer in time"),
@@ -112,6 +114,7 @@ def attach(run_id:str) -> str:
     _ATTACHED[:] = [run_id]
     return run_id
 
+# %% ../nbs/07_tracking.ipynb #5df81003
 def detach() -> None:
     "Forget the attached run (the runner calls this after an in-process execution); the run's status is left as it is."
     import sys
@@ -123,6 +126,7 @@ def attached_run_id() -> str|None:
     "The run `attach` made current (the run `mlkit run` created for this execution), or None."
     return _ATTACHED[0] if _ATTACHED else None
 
+# %% ../nbs/07_tracking.ipynb #928a3c5c
 def under_runner() -> bool:
     "Whether this code runs inside an execution started by `mlkit run` (which then owns the run's final status)."
     return attached_run_id() is not None
@@ -160,6 +164,7 @@ def start_run(*, pipeline:str, params=None, experiment:str|None=None, run_id:str
     if params is not None: log_params(params)
     return run
 
+# %% ../nbs/07_tracking.ipynb #437f6999
 def finish_run(status:str="FINISHED") -> None:
     "End the active run, unless the runner owns it: the runner ends it after attaching the executed notebook."
     import mlflow
@@ -172,6 +177,7 @@ def log_params(params) -> None:
     flat = flatten_params(params)
     mlflow.log_params({k: v[:6000] for k, v in flat.items()})
 
+# %% ../nbs/07_tracking.ipynb #8c56becc
 def log_metrics(metrics:dict, step:int|None=None) -> None:
     "Log finite numeric `metrics` in one batch."
     import math, mlflow
@@ -183,11 +189,13 @@ def set_tags(tags:dict) -> None:
     import mlflow
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+# %% ../nbs/07_tracking.ipynb #7f301b73
 def log_json(obj, path:str) -> None:
     "Log `obj` as a JSON artifact at `path` in the active run."
     import mlflow
     mlflow.log_dict(json.loads(json.dumps(obj, default=str)), path)
 
+# %% ../nbs/07_tracking.ipynb #251406a0
 def log_figures(figs:dict, folder:str="plots") -> list[str]:
     "Log matplotlib figures as PNG artifacts `folder/<name>.png`; returns their artifact paths."
     import mlflow, matplotlib.pyplot as plt
@@ -220,6 +228,7 @@ def _save_sklearn(*, validate_serving_input:bool=True, **kw):
     import mlflow.sklearn
     return mlflow.sklearn.save_model(**kw)
 
+# %% ../nbs/07_tracking.ipynb #6367c068
 def log_model(model, *, X_sample, schema:dict, task:str, profile:dict|None=None, metrics:dict|None=None,
               model_name:str|None=None, name:str="model",
               trusted_modules=None): # modules whose classes the model may hold (default: $MLKIT_TRUSTED_MODULES or settings.ini)
@@ -300,6 +309,7 @@ def _yaml_loader():
     import yaml
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# %% ../nbs/07_tracking.ipynb #31c81537
 def _model_info(source:str):
     "The MLflow ModelInfo of the model at `source`, its MLmodel file parsed with the C loader."
     import mlflow, yaml

@@ -41,6 +41,7 @@ def _kept_columns(params) -> list[str]:
     f = getattr(params, "features", None)
     return [*params.data.keep_columns, *(getattr(f, "numeric", None) or []), *(getattr(f, "categorical", None) or [])]
 
+# %% ../nbs/07b_training.ipynb #95a94a3b
 def prepare_training_data(params) -> TrainingData:
     "Load, check, describe and split the data named in `params.data` (a `TrainParams`); `DataError` naming the problem otherwise."
     d = params.data

@@ -129,6 +129,7 @@ def test_a_killed_runner_leaves_a_run_the_next_run_ends(tmp_path):
     assert "stopped without ending it" in _client(tmp_path).get_run(first).data.tags["mlkit.error"]
 
 
+@pytest.mark.slow
 def test_in_process_contract(tmp_mlflow, tmp_path):
     "Quick tier: the same contract through the in-process engine, called as a library."
     import mlflow

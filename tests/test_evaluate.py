@@ -229,6 +229,7 @@ def test_plots_per_task_are_free_standing_and_saved(binary, tmp_path):
     assert list(mc) == ["confusion_matrix", "roc_curve"] and len(mc["roc_curve"].axes[0].get_lines()) >= 3
 
 
+@pytest.mark.slow
 def test_headless_process_gets_agg(tmp_path):
     code = ("import numpy as np, pandas as pd, matplotlib\n"
             "from sklearn.linear_model import LogisticRegression\nfrom mlkit.evaluate import make_plots\n"

@@ -209,6 +209,7 @@ def _notebook(cells, tagged=True):
     return nbformat.writes(nb)
 
 
+@pytest.mark.slow
 def test_notebook_without_parameters_cell(tmp_path):
     (tmp_path / "mine.ipynb").write_text(_notebook(["x = 1", "print(x)"], tagged=False))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
