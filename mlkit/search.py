@@ -63,7 +63,7 @@ class StudyParams(Section):
     space: dict[str, Any] = Field(default_factory=dict, description="names → ranges, choices or fixed values")
     metric: str | None = Field(None, description="the objective")
     direction: Literal["auto", "maximize", "minimize"] = Field(
-        "auto", description="'auto': the metric's natural direction")
+        "auto", description="maximize, minimize, or 'auto': the natural direction of a metric mlkit knows")
     n_trials: int | None = Field(20, description="trials this call runs, summed over all workers (null: until timeout)")
     timeout: float | None = Field(None, description="seconds after which no new trial starts (null: no limit)")
     sampler: Literal["tpe", "random"] = Field(
@@ -87,8 +87,8 @@ class SearchParams(StudyParams):
     space: dict[str, dict[str, SearchSpec]] = Field(default_factory=_default_space, description=(
         "estimator → {hyperparameter: range or fixed value}; several estimators make the estimator a searched choice"))
     metric: str | None = Field(None, description=(
-        "objective, a cross-validation metric (roc_auc, f1_macro, rmse, ...); "
-        "null: evaluate.primary_metric or the task's default"))
+        "objective, a cross-validation metric (roc_auc, f1_macro, rmse, ...; null: evaluate.primary_metric or the task's "
+        "default); tuning a NOTEBOOK: a metric it logs"))
     warmup_folds: int = Field(1, ge=1, description="folds a trial always completes before it may be pruned")
     refit: bool = Field(True, description=(
         "refit the best configuration on the training split, score it on the holdout, log (and register) it"))

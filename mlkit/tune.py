@@ -105,21 +105,29 @@ class _Search:
     def best_key(self) -> str: return f"best_cv_{self.metric}"    # the best value, as the parent run holds it
 
 # %% ../nbs/11c_tune.ipynb #e4d7a14b
-def _prepare_search(params:TuneParams, *, output_dir=None, stop:_Stop|None=None) -> _Search:
-    "Check what a user can get wrong (data, space, budget, storage), then create or continue the study."
+def _open_search(cls:type, params, *, name:str, objective:dict, output_dir=None, stop:_Stop|None=None,
+                 **fields) -> _Search:
+    "Create or continue the study (`name` unless `params.search.study_name`); the search `cls(...)` that works on it."
     import tempfile
-    check = stop.check if stop else lambda: None
-    data = load_training_data(params); check()
-    obj = check_search(params, task=data.task)
     url = params.search.storage or default_storage()  # ${VARS}: expanded by open_storage in each process, never logged
-    name = params.search.study_name or f"{params.experiment}-tune"
-    storage = open_storage(url); check()
-    study, queued, n0 = prepare_study(storage=storage, study_name=name, direction=obj["direction"],
-                                      metric=obj["metric"], n_trials=params.search.n_trials)
+    storage = open_storage(url)
+    if stop: stop.check()
+    name = params.search.study_name or name
+    study, queued, n0 = prepare_study(storage=storage, study_name=name, direction=objective["direction"],
+                                      metric=objective["metric"], n_trials=params.search.n_trials)
     out = Path(output_dir or tempfile.mkdtemp(prefix="mlkit-tune-")); out.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + params.search.timeout if params.search.timeout else None
-    return _Search(params, data, study, name, url, obj["metric"], obj["direction"], queued, n0, out, deadline,
-                   stop=stop)
+    return cls(params=params, study=study, name=name, url=url, metric=objective["metric"], queued=queued, n0=n0,
+               direction=objective["direction"], out_dir=out, deadline=deadline, stop=stop, **fields)
+
+# %% ../nbs/11c_tune.ipynb #5a7d0205
+def _prepare_search(params:TuneParams, *, output_dir=None, stop:_Stop|None=None) -> _Search:
+    "Check what a user can get wrong (data, space, budget, storage), then create or continue the study."
+    data = load_training_data(params)
+    if stop: stop.check()
+    objective = check_search(params, task=data.task)
+    return _open_search(_Search, params, name=f"{params.experiment}-tune", objective=objective, output_dir=output_dir,
+                        stop=stop, data=data)
 
 # %% ../nbs/11c_tune.ipynb #101efff5
 def _shown_params(s:_Search) -> TuneParams:
