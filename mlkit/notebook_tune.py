@@ -18,8 +18,8 @@ from .workers import STORAGE_ENV, AsyncLogger, _THREAD_ENV, _trial_tags, log_tri
 from .tune import TuneResult, _Search, _log_best, _open_search, _shown_params, _stop_on_signals, run_search
 
 # %% auto #0
-__all__ = ['NotebookSearchParams', 'NotebookTuneParams', 'check_notebook_search', 'report_step', 'run_notebook_worker',
-           'NotebookWorkers', 'best_command', 'tune_notebook']
+__all__ = ['NotebookSearchParams', 'NotebookTuneParams', 'check_notebook_search', 'load_space', 'report_step',
+           'run_notebook_worker', 'NotebookWorkers', 'best_command', 'tune_notebook']
 
 # %% ../nbs/11d_notebooks.ipynb #815ea986
 class NotebookSearchParams(StudyParams):
@@ -79,6 +79,18 @@ def check_notebook_search(params:NotebookTuneParams, *, declared:dict, # `runner
         except ConfigError as e: raise TuneError(f"search.space: {e}") from None
     _check_budget(s)
     return {"metric": s.metric, "direction": _objective_direction(s.metric, s.direction)}
+
+# %% ../nbs/11d_notebooks.ipynb #cd437f08
+def load_space(path:str|Path) -> dict:
+    "The search space in YAML file `path` (`mlkit tune NOTEBOOK --space PATH`): parameter → range, choices or value."
+    from mlkit.config import read_yaml
+    example = "e.g. alpha: {type: float, low: 0.001, high: 10, log: true}"
+    try: doc = read_yaml(path)
+    except ConfigError as e: raise TuneError(f"search space {str(e).removeprefix('params ')}".split('; ')[0]
+                                             + f"; --space takes a YAML file mapping the notebook's parameters to ranges, {example}") from None
+    if not doc: raise TuneError(f"search space file '{path}' is empty; map some of the notebook's parameters to ranges, {example}")
+    return doc
+
 
 # %% ../nbs/11d_notebooks.ipynb #aa57e9c1
 _TRIAL: dict = {}  # the trial whose cells run in this process now: trial, metric, warmup, steps, pruned
@@ -332,14 +344,18 @@ def summarize(self:_NotebookSearch, counts:dict, worker_errors:dict) -> TuneResu
     return res
 
 # %% ../nbs/11d_notebooks.ipynb #95598583
-def _prepare_notebook_search(notebook, *, params, sets, experiment, output_dir, stop) -> _NotebookSearch:
-    "Check the notebook and its search, then create or continue the study."
+def _prepare_notebook_search(notebook, *, params, sets, experiment, output_dir, stop, space=None) -> _NotebookSearch:
+    "Check the notebook and its search (`space`: a file or mapping replacing `search.space`), then create or continue the study."
     from mlkit.runner import notebook_parameters, read_notebook, resolve_notebook, resolve_parameters
     if not str(notebook).endswith(".ipynb"):
         raise TuneError(f"`mlkit tune` takes a notebook of your own (a .ipynb file), got '{notebook}'; for the built-in "
                         "search over estimators run `mlkit tune -p params/tune.yaml`")
     path = resolve_notebook(str(notebook)); nb = read_notebook(path)
     raw = params.model_dump(mode="json") if isinstance(params, NotebookTuneParams) else params
+    if space is not None:
+        from mlkit.config import read_yaml
+        raw = dict(read_yaml(raw) if isinstance(raw, (str, Path)) else raw or {})
+        raw["search"] = {**raw.get("search", {}), "space": space if isinstance(space, dict) else load_space(space)}
     p = load_params(NotebookTuneParams, raw, sets, experiment=experiment)
     declared = notebook_parameters(nb)
     if not declared: raise TuneError(f"notebook '{path.name}' has no cell tagged 'parameters', so nothing can be searched; "
@@ -353,6 +369,7 @@ def _prepare_notebook_search(notebook, *, params, sets, experiment, output_dir, 
 def tune_notebook(notebook:str|Path,            # the notebook (.ipynb) whose parameters are searched
                   *, params=None,               # YAML params file or mapping (`NotebookTuneParams`), or the params
                   sets=(),                      # `key=value` overrides (search.n_trials=8, parameters.n_rows=500, ...)
+                  space=None,                   # search space YAML file or mapping (replaces `search.space`)
                   experiment:str|None=None,     # MLflow experiment (default: params, else the notebook's, else 'mlkit')
                   workers:int=1,                # parallel worker processes
                   in_process:bool=False,        # run the trials in this process instead (one worker)
@@ -363,5 +380,5 @@ def tune_notebook(notebook:str|Path,            # the notebook (.ipynb) whose pa
     with _stop_on_signals() as stop:
         if not isinstance(workers, int) or workers < 1: raise TuneError(f"--workers must be at least 1, got {workers}")
         s = _prepare_notebook_search(notebook, params=params, sets=sets, experiment=experiment, output_dir=output_dir,
-                                     stop=stop)
+                                     stop=stop, space=space)
         return run_search(s, workers=workers, in_process=in_process, progress=progress)
