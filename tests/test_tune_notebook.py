@@ -124,3 +124,25 @@ def test_other_refusals(project):
     for args, message in cases:
         assert_refused(run_mlkit("tune", *args, cwd=d, env=env), message)
     assert runs(d) == [] and not (d / "optuna.journal").exists()
+
+
+def test_values_logged_with_a_step_prune_trailing_trials(project):
+    d, env = project
+    write_research(d / "steps.ipynb", params="alpha = 1.0\ndepth = 1", log=False)
+    nb = nbformat.read(str(d / "steps.ipynb"), as_version=4)  # the objective reported at 3 steps: depth each time
+    nb.cells.append(nbformat.v4.new_code_cell("import mlkit\nfor k in range(3): mlkit.log_metric('rmse', float(depth), step=k)"))
+    nbformat.write(nb, str(d / "steps.ipynb"))
+    (d / "steps.yaml").write_text("depth: {type: categorical, choices: [1, 9]}\n")
+    r = run_mlkit("tune", "steps.ipynb", "--space", "steps.yaml", "--metric", "rmse", "--direction", "minimize", "--n-trials", "6",
+                  "--set", "search.sampler=random", "--set", "search.startup_trials=1", "--set", "search.pruner=median",
+                  cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    trials = sorted((x for x in runs(d) if x.data.tags.get("mlflow.parentRunId")), key=lambda t: int(t.data.tags["mlkit.trial_number"]))
+    pruned = [t for t in trials if t.info.status == "KILLED"]
+    assert pruned and all(t.data.params["depth"] == "9" for t in pruned), [(t.data.params, t.info.status) for t in trials]
+    assert {t.data.tags["mlkit.trial_state"] for t in pruned} == {"pruned"}
+    import mlflow
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])  # stopped at its first report: the later steps never ran
+    assert {tuple(m.step for m in client.get_metric_history(t.info.run_id, "rmse")) for t in pruned} == {(0,)}
+    assert f"{len(pruned)} pruned" in r.stdout
+    assert {t.info.status for t in trials if t not in pruned} == {"FINISHED"}
