@@ -165,6 +165,7 @@ def evaluate(self:_NotebookTrials, trial) -> tuple[dict, float, float]:
     why = _failure(out, exc, timeout) if exc and not _TRIAL["pruned"] else None if s.metric in metrics or _TRIAL["pruned"]         else (f"the notebook ran to its end without logging the objective '{s.metric}' (it logged: "
               f"{sorted(metrics) or 'nothing'}); log it with mlkit.log_metric('{s.metric}', value), or set --metric to one of those")
     self.ctx["notebook"] = out if s.notebooks == "all" or (why and s.notebooks == "failed") else None
+    self.ctx["executed"] = out  # its figures go to the trial run, as `mlkit run` attaches them
     _settle()
     if _TRIAL["pruned"]: raise optuna.TrialPruned(_TRIAL["pruned"])
     if why: raise TuneError(why)
@@ -173,8 +174,10 @@ def evaluate(self:_NotebookTrials, trial) -> tuple[dict, float, float]:
 # %% ../nbs/11d_notebooks.ipynb #6f5ae280
 @patch
 def log(self:_NotebookTrials, *, trial, state:str, error:str|None, start:float, end:float, run_id:str|None=None,
-        notebook=None, **_) -> str:
-    "Complete the nested run of finished `trial`: the executed notebook (if kept), params, tags, duration, final status."
+        notebook=None, executed=None, **_) -> str:
+    "Complete the nested run of finished `trial`: its figures, the executed notebook (if kept), params, tags, duration, status."
+    from mlkit.runner import _log_images
+    if executed is not None and run_id: _log_images(self.client, run_id, executed)
     if notebook is not None and run_id:
         import nbformat
         self.client.log_text(run_id, nbformat.writes(notebook), f"notebook/{self.name}.ipynb")

@@ -15,12 +15,13 @@ pytestmark = pytest.mark.slow
 SPACE = "alpha: {type: float, low: 0.01, high: 10, log: true}\ndepth: {type: int, low: 1, high: 6}\n"
 
 
-def write_research(path, *, params="alpha = 1.0\ndepth = 3\nlabel = 'x'", log=True):
+def write_research(path, *, params="alpha = 1.0\ndepth = 3\nlabel = 'x'", log=True, figure=False):
     "A plain research notebook: a `parameters` cell, some work, the metric logged with plain mlflow; no kernelspec."
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}) if params else nbformat.v4.new_code_cell("x = 1"),
                 nbformat.v4.new_code_cell("import math, mlflow"),
                 nbformat.v4.new_code_cell("rmse = (math.log10(alpha) - 0.3) ** 2 + (depth - 4) ** 2 / 10 + 0.5")]
+    if figure: nb.cells.append(nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, depth]); plt.show()"))
     if log: nb.cells.append(nbformat.v4.new_code_cell("mlflow.log_metric('rmse', rmse)\nmlflow.log_metric('size', depth * 2)"))
     nbformat.write(nb, str(path))
     return path
@@ -50,12 +51,15 @@ def assert_refused(r, *patterns, code=2):
 
 def test_tunes_a_research_notebook_over_its_own_parameters(project):
     d, env = project
+    write_research(d / "research.ipynb", figure=True)
     r = run_mlkit("tune", "research.ipynb", "--space", "space.yaml", "--metric", "rmse", "--direction", "minimize",
                   "--n-trials", "4", "--workers", "2", "--set", "parameters.label=tuned", cwd=d, env=env)
     assert r.returncode == 0, r.stderr
     parent_id = re.search(r"^run: (\w+)$", r.stdout, re.M).group(1)
     all_runs = {x.info.run_id: x for x in runs(d)}
     parent = all_runs[parent_id]
+    import mlflow
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     trials = [x for x in all_runs.values() if x.data.tags.get("mlflow.parentRunId") == parent_id]
     assert parent.info.status == "FINISHED" and parent.data.tags["mlkit.objective"] == "minimize rmse"
     assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
@@ -64,6 +68,7 @@ def test_tunes_a_research_notebook_over_its_own_parameters(project):
         assert 0.01 <= alpha <= 10 and 1 <= depth <= 6, t.data.params
         assert math.isclose(t.data.metrics["rmse"], (math.log10(alpha) - 0.3) ** 2 + (depth - 4) ** 2 / 10 + 0.5)
         assert t.data.metrics["size"] == depth * 2
+        assert [a.path for a in client.list_artifacts(t.info.run_id, "figures")] == ["figures/cell03-1.png"]  # as `mlkit run`
     best = min(trials, key=lambda t: t.data.metrics["rmse"])
     assert parent.data.metrics["best_rmse"] == best.data.metrics["rmse"]
     assert parent.data.params["best.alpha"] == best.data.params["alpha"]
