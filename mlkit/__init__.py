@@ -35,9 +35,12 @@ def log_params(params:dict) -> None:
     active_run_id(); tracking.log_params(params)
 
 def log_metrics(metrics:dict, *, step:int|None=None) -> None:
-    "Log the finite numbers in `metrics` to the current run, in one batch."
+    "Log the finite numbers in `metrics` to the current run, in one batch; in a tuning trial, a step can prune it."
+    import sys
     from mlkit import tracking
     active_run_id(); tracking.log_metrics(metrics, step=step)
+    tuning = sys.modules.get("mlkit.notebook_tune")  # imported only by `mlkit tune NOTEBOOK`'s workers
+    if tuning is not None and step is not None: tuning.report_step(metrics, step)
 
 def log_metric(name:str, value:float, *, step:int|None=None) -> None:
     "Log one metric to the current run."

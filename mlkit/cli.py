@@ -45,10 +45,14 @@ COMMANDS = {
         (("--shift",), dict(choices=["covariate", "prior", "concept"], help="make a shifted batch")),
         (("--strength",), dict(type=float, default=1.0, help="shift strength (default: 1.0)")),
         (("--labels",), dict(metavar="LABELS_FILE", help="write the target here (id, default) instead of in OUTPUT"))),
-    "tune": _cmd("mlkit.commands:cli_tune", "hyperparameter search: an Optuna study run by parallel papermill workers",
+    "tune": _cmd("mlkit.commands:cli_tune", "hyperparameter search: an Optuna study run by parallel workers, over mlkit's estimators or a notebook's own parameters",
+        (("notebook",), dict(nargs="?", metavar="NOTEBOOK", help="a notebook of your own (.ipynb) to tune over its declared parameters "
+                             "(with --space and --metric); without it: the built-in search over estimators")),
         _PARAMS, _SET, _EXPERIMENT,
+        (("--space",), dict(metavar="SPACE.yaml", help="tuning a NOTEBOOK: YAML file mapping its parameters to ranges, choices or values "
+                           "(replaces search.space of -p)")),
         (("--workers",), dict(type=int, default=None, help="parallel worker processes (default: 1)")),
-        schema="tune", flags=("search.n_trials", "search.timeout", "search.storage")),
+        schema="tune", flags=("search.n_trials", "search.timeout", "search.storage", "search.metric", "search.direction")),
     "runs": _cmd("mlkit.commands:cli_runs", "compare runs: status, pipeline, metrics, the params that differ, data fingerprint, commit",
         (("--experiment",), dict(default=None, help="experiment name (default: all mlkit experiments)")),
         (("--sort",), dict(metavar="METRIC", help="sort by this metric (best first)")),

@@ -93,17 +93,27 @@ def cli_monitor(args) -> int:
 
 # %% ../nbs/15a_commands.ipynb #c0ad0t02
 def cli_tune(args) -> int:
-    "`mlkit tune [-p PARAMS] [--n-trials N] [--workers W] ...`: run or continue a search; prints the best trial and where the model went."
+    "`mlkit tune [NOTEBOOK] [-p PARAMS] [--n-trials N] [--workers W] [--space S] [--metric M] ...`: run or continue a search; prints the best trial."
     import gc
+    from mlkit.core import TuneError
     from mlkit.tune import Interrupted, format_tune_result, load_tune_params, tune
-    params = load_tune_params(args.params, sets=args.set, experiment=args.experiment)
-    try: res = tune(params, workers=1 if args.workers is None else args.workers)
+    workers, model_name = 1 if args.workers is None else args.workers, None
+    try:
+        if getattr(args, "notebook", None):  # a notebook of your own, over its declared parameters
+            from mlkit.notebook_tune import tune_notebook
+            res = tune_notebook(args.notebook, params=args.params, sets=args.set, experiment=args.experiment, workers=workers,
+                                space=getattr(args, "space", None))
+        else:
+            if getattr(args, "space", None): raise TuneError("--space is the search space of a notebook of your own: "
+                "`mlkit tune NOTEBOOK.ipynb --space SPACE.yaml`; the built-in search takes search.space in -p PARAMS.yaml")
+            params = load_tune_params(args.params, sets=args.set, experiment=args.experiment)
+            res, model_name = tune(params, workers=workers), params.model_name
     except Interrupted as e:
         where = f"run {e.run_id} is KILLED, its trials recorded" if e.run_id else "no run was started"
         print(f"error: search {e}; {where}; run the same command again to continue the study", file=sys.stderr)
         gc.freeze()  # all is recorded: spare the exit a sweep of the heap (measured under load: 8.1 s -> 0.6 s)
         return 128 + e.signum
-    print(format_tune_result(res, model_name=params.model_name))
+    print(format_tune_result(res, model_name=model_name))
     gc.freeze()
     return 0
 

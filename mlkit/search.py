@@ -10,8 +10,8 @@ from .core import MlkitError, TuneError, did_you_mean
 from .config import Section, TrainParams
 
 # %% auto #0
-__all__ = ['SearchSpec', 'IntRange', 'FloatRange', 'Choice', 'SearchParams', 'TuneParams', 'check_search', 'suggest_config',
-           'make_sampler', 'make_pruner']
+__all__ = ['SearchSpec', 'IntRange', 'FloatRange', 'Choice', 'StudyParams', 'SearchParams', 'TuneParams', 'check_search',
+           'suggest_config', 'make_sampler', 'make_step_pruner', 'make_pruner']
 
 # %% ../nbs/11_search.ipynb #3a22007e
 class IntRange(Section):
@@ -57,16 +57,13 @@ def _default_space() -> dict:
                                        "max_leaf_nodes": IntRange(low=8, high=64, log=True),
                                        "min_samples_leaf": IntRange(low=5, high=100, log=True), "max_iter": 100}}
 
-# %% ../nbs/11_search.ipynb #a0d3a693
-class SearchParams(Section):
-    "How to search: space, objective, budget, sampler and pruner, storage, heartbeats, refit."
-    space: dict[str, dict[str, SearchSpec]] = Field(default_factory=_default_space, description=(
-        "estimator → {hyperparameter: range or fixed value}; several estimators make the estimator a searched choice"))
-    metric: str | None = Field(None, description=(
-        "objective, a cross-validation metric (roc_auc, f1_macro, rmse, ...); "
-        "null: evaluate.primary_metric or the task's default"))
+# %% ../nbs/11_search.ipynb #5a7d0001
+class StudyParams(Section):
+    "What any search has: a space, an objective and its direction, a budget, sampler and pruner, storage, heartbeats."
+    space: dict[str, Any] = Field(default_factory=dict, description="names → ranges, choices or fixed values")
+    metric: str | None = Field(None, description="the objective")
     direction: Literal["auto", "maximize", "minimize"] = Field(
-        "auto", description="'auto': the metric's natural direction")
+        "auto", description="maximize, minimize, or 'auto': the natural direction of a metric mlkit knows")
     n_trials: int | None = Field(20, description="trials this call runs, summed over all workers (null: until timeout)")
     timeout: float | None = Field(None, description="seconds after which no new trial starts (null: no limit)")
     sampler: Literal["tpe", "random"] = Field(
@@ -74,16 +71,25 @@ class SearchParams(Section):
     startup_trials: int = Field(5, ge=0, description=(
         "random trials before TPE models the space, and complete trials before the pruner acts"))
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = Field(
-        "median", description="stops trials whose fold scores trail the others")
-    warmup_folds: int = Field(1, ge=1, description="folds a trial always completes before it may be pruned")
-    study_name: str | None = Field(
-        None, description="Optuna study; the same name continues it (null: '<experiment>-tune')")
+        "median", description="stops trials whose intermediate scores (folds, a notebook's steps) trail the others")
+    study_name: str | None = Field(None, description=(
+        "Optuna study; the same name continues it (null: '<experiment>-tune', '<experiment>-<notebook>-tune')"))
     storage: str | None = Field(None, description=(
         "Optuna storage URL (null: optuna.journal beside the MLflow store; "
         "postgresql://user:${PGPASSWORD}@host/db for many machines)"))
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between heartbeats of a running trial")
     grace_period: float = Field(60.0, gt=0, description=(
         "a running trial without heartbeat for this long is marked failed (its worker died)"))
+
+# %% ../nbs/11_search.ipynb #a0d3a693
+class SearchParams(StudyParams):
+    "How to search the built-in estimators: their space, a cross-validation objective, folds as pruning steps, refit."
+    space: dict[str, dict[str, SearchSpec]] = Field(default_factory=_default_space, description=(
+        "estimator → {hyperparameter: range or fixed value}; several estimators make the estimator a searched choice"))
+    metric: str | None = Field(None, description=(
+        "objective, a cross-validation metric (roc_auc, f1_macro, rmse, ...; null: evaluate.primary_metric or the task's "
+        "default); tuning a NOTEBOOK: a metric it logs"))
+    warmup_folds: int = Field(1, ge=1, description="folds a trial always completes before it may be pruned")
     refit: bool = Field(True, description=(
         "refit the best configuration on the training split, score it on the holdout, log (and register) it"))
 
@@ -179,14 +185,21 @@ def make_sampler(params:TuneParams,    # the search's parameters
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.search.startup_trials)
 
 # %% ../nbs/11_search.ipynb #734786db
+def make_step_pruner(search:StudyParams,  # a search section (its pruner and startup_trials)
+                     *, warmup:int,        # steps a trial always reports before it may be pruned
+                     max_resource="auto",  # the most steps a trial reports (hyperband; 'auto': learnt from the trials)
+                    ):
+    "The pruner named in `search.pruner`, for steps of any kind."
+    import optuna
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials, n_warmup_steps=warmup - 1)
+    if search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=3)
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=max_resource, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+# %% ../nbs/11_search.ipynb #5a7d0006
 def make_pruner(params:TuneParams):
     "The pruner named in `params.search.pruner`; steps are cross-validation folds."
-    import optuna
-    s, folds = params.search, params.evaluate.cv_folds
-    if s.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_folds - 1)
-    if s.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=s.warmup_folds, reduction_factor=3)
-    if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=s.warmup_folds, max_resource=folds, reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    return make_step_pruner(params.search, warmup=params.search.warmup_folds, max_resource=params.evaluate.cv_folds)

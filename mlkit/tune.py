@@ -5,6 +5,7 @@
 # %% ../nbs/11c_tune.ipynb #db65a8d5
 from __future__ import annotations
 import gc, os, signal, sys, threading, time
+from fastcore.basics import patch
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from .workers import STORAGE_ENV, TrainingData, Workers, load_training_data, mak
 from .workers import _close_trial_runs, _one_line
 
 # %% auto #0
-__all__ = ['refit_best', 'Interrupted', 'TuneResult', 'tune', 'load_tune_params', 'format_tune_result']
+__all__ = ['refit_best', 'Interrupted', 'TuneResult', 'run_search', 'tune', 'load_tune_params', 'format_tune_result']
 
 # %% ../nbs/11c_tune.ipynb #c637ea4b
 def refit_best(params:TuneParams, data:TrainingData,
@@ -81,51 +82,67 @@ class TuneResult:
     best_params: dict = field(default_factory=dict)
     refit: dict = field(default_factory=dict)   # estimator, hyperparams, test_metrics, model_uri, registered_version
     worker_errors: dict = field(default_factory=dict)
+    objective: str = ""                # the value's metric name in the trial runs (default: cv_<metric>_mean)
+    command: str | None = None         # the command that runs the best configuration (a notebook's search)
 
 # %% ../nbs/11c_tune.ipynb #1a1628e5
 @dataclass
 class _Search:
-    "What one call of `tune` works on."
+    "What one call of `tune` works on. A notebook's search (chapter `11d_notebooks`) is a subclass."
     params: TuneParams; data: TrainingData; study: Any; name: str; url: str; metric: str; direction: str
     queued: set; n0: int; out_dir: Path; deadline: float|None = None
     run_id: str|None = None; recorded: bool = False; stopped: set = field(default_factory=set); stop: Any = None
+    steps_as = "fold_{metric}"   # the name of the trials' intermediate values in their runs (see `log_trial_run`)
+    worker_files = "*.ipynb"     # what the workers leave in `out_dir`, attached to the run
     def mine(self, n:int) -> bool: return n in self.queued or n >= self.n0  # a trial of this call
     def check(self) -> None:  # a safe point: raise `Interrupted` if a stop was requested
         if self.stop is not None: self.stop.check()
     @property
     def seed(self) -> int: return self.params.seed + 1000 * self.n0  # distinct per call and per worker, reproducible
+    @property
+    def value_key(self) -> str: return f"cv_{self.metric}_mean"   # the objective, as the trial runs hold it
+    @property
+    def best_key(self) -> str: return f"best_cv_{self.metric}"    # the best value, as the parent run holds it
 
 # %% ../nbs/11c_tune.ipynb #e4d7a14b
-def _prepare_search(params:TuneParams, *, output_dir=None, stop:_Stop|None=None) -> _Search:
-    "Check what a user can get wrong (data, space, budget, storage), then create or continue the study."
+def _open_search(cls:type, params, *, name:str, objective:dict, output_dir=None, stop:_Stop|None=None,
+                 **fields) -> _Search:
+    "Create or continue the study (`name` unless `params.search.study_name`); the search `cls(...)` that works on it."
     import tempfile
-    check = stop.check if stop else lambda: None
-    data = load_training_data(params); check()
-    obj = check_search(params, task=data.task)
     url = params.search.storage or default_storage()  # ${VARS}: expanded by open_storage in each process, never logged
-    name = params.search.study_name or f"{params.experiment}-tune"
-    storage = open_storage(url); check()
-    study, queued, n0 = prepare_study(storage=storage, study_name=name, direction=obj["direction"],
-                                      metric=obj["metric"], n_trials=params.search.n_trials)
+    storage = open_storage(url)
+    if stop: stop.check()
+    name = params.search.study_name or name
+    study, queued, n0 = prepare_study(storage=storage, study_name=name, direction=objective["direction"],
+                                      metric=objective["metric"], n_trials=params.search.n_trials)
     out = Path(output_dir or tempfile.mkdtemp(prefix="mlkit-tune-")); out.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + params.search.timeout if params.search.timeout else None
-    return _Search(params, data, study, name, url, obj["metric"], obj["direction"], queued, n0, out, deadline,
-                   stop=stop)
+    return cls(params=params, study=study, name=name, url=url, metric=objective["metric"], queued=queued, n0=n0,
+               direction=objective["direction"], out_dir=out, deadline=deadline, stop=stop, **fields)
+
+# %% ../nbs/11c_tune.ipynb #5a7d0205
+def _prepare_search(params:TuneParams, *, output_dir=None, stop:_Stop|None=None) -> _Search:
+    "Check what a user can get wrong (data, space, budget, storage), then create or continue the study."
+    data = load_training_data(params)
+    if stop: stop.check()
+    objective = check_search(params, task=data.task)
+    return _open_search(_Search, params, name=f"{params.experiment}-tune", objective=objective, output_dir=output_dir,
+                        stop=stop, data=data)
 
 # %% ../nbs/11c_tune.ipynb #101efff5
 def _shown_params(s:_Search) -> TuneParams:
     "The search's params as recorded and handed to workers: any password in the storage URL masked."
     return s.params.model_copy(update={"search": s.params.search.model_copy(update={"storage": redact_url(s.url)})})
-
-def _start_search_run(s:_Search, *, workers:int) -> str:
+@patch
+def start_run(self:_Search, *, workers:int) -> str:
     "Start the parent run with the shown params, lineage, data and objective tags; returns its id."
     from mlkit import tracking
-    run = tracking.start_run(pipeline="tune", params=_shown_params(s), tags={
-        "mlkit.study": s.name, "mlkit.storage": redact_url(s.url), "mlkit.data_fingerprint": s.data.fingerprint,
-        "mlkit.task": s.data.task, "mlkit.target": s.data.target, "mlkit.workers": str(workers),
-        "mlkit.objective": f"{s.direction} cv_{s.metric}_mean"})
-    s.run_id = run.info.run_id
-    return s.run_id
+    run = tracking.start_run(pipeline="tune", params=_shown_params(self), tags={
+        "mlkit.study": self.name, "mlkit.storage": redact_url(self.url), "mlkit.workers": str(workers),
+        "mlkit.data_fingerprint": self.data.fingerprint, "mlkit.task": self.data.task, "mlkit.target": self.data.target,
+        "mlkit.objective": f"{self.direction} {self.value_key}"})
+    self.run_id = run.info.run_id
+    return self.run_id
 
 # %% ../nbs/11c_tune.ipynb #d69c7bc3
 def _watch(pool:Workers, s:_Search, *, progress:bool, poll:float=1.0) -> None:
@@ -140,19 +157,28 @@ def _watch(pool:Workers, s:_Search, *, progress:bool, poll:float=1.0) -> None:
         time.sleep(poll); s.check()
 
 # %% ../nbs/11c_tune.ipynb #14a1f9b4
+@patch
+def work_here(self:_Search, label:str) -> None:
+    "Run the worker loop in this process, as worker `label` (an in-process search)."
+    run_worker(study_name=self.name, params=self.params, storage=self.url, worker_id=label, parent_run_id=self.run_id,
+               deadline=self.deadline, sampler_seed=self.seed, stop=self.check)
+
+# %% ../nbs/11c_tune.ipynb #5a7d0204
+@patch
+def make_pool(self:_Search, workers:int) -> Workers:
+    "`workers` papermill workers of this search, not started; the storage URL goes by their environment."
+    params = dict(study_name=self.name, storage=None, params=_shown_params(self).model_dump(mode="json"),
+                  parent_run_id=self.run_id, deadline=self.deadline, sampler_seed=self.seed)
+    return Workers(workers, parameters=params, out_dir=self.out_dir, label=self.run_id[:8], env={STORAGE_ENV: self.url})
+
+# %% ../nbs/11c_tune.ipynb #5a7d0201
 def _run_workers(s:_Search, *, workers:int, in_process:bool, progress:bool) -> dict:
     """Run the workers to the end of the budget; returns {worker: error} of those that failed. However this ends, the
     workers are stopped and no trial of theirs stays RUNNING."""
     labels, pool, reason = [f"{s.run_id[:8]}-0"], None, "died"
     try:
-        if in_process:
-            run_worker(study_name=s.name, params=s.params, storage=s.url, worker_id=labels[0], parent_run_id=s.run_id,
-                       deadline=s.deadline, sampler_seed=s.seed, stop=s.check)
-            return {}
-        params = dict(study_name=s.name, storage=None, params=_shown_params(s).model_dump(mode="json"),
-                      parent_run_id=s.run_id, deadline=s.deadline, sampler_seed=s.seed)
-        pool = Workers(workers, parameters=params, out_dir=s.out_dir, label=s.run_id[:8], env={STORAGE_ENV: s.url})
-        labels = pool.labels
+        if in_process: s.work_here(labels[0]); return {}
+        pool = s.make_pool(workers); labels = pool.labels
         s.check(); pool.start()
         _watch(pool, s, progress=progress)
         return {l: e for l, e in pool.errors.items() if e}
@@ -166,29 +192,30 @@ def _run_workers(s:_Search, *, workers:int, in_process:bool, progress:bool) -> d
 
 # %% ../nbs/11c_tune.ipynb #b97fd672
 def _record_trials(s:_Search) -> dict:
-    "Attach the worker notebooks, end every trial run of this call, log the counts by state to the parent run."
+    "Attach what the workers left, end every trial run of this call, log the counts by state to the parent run."
     import mlflow
     from mlkit import tracking
     client, s.recorded = mlflow.MlflowClient(), True
-    if any(s.out_dir.glob("*.ipynb")): client.log_artifacts(s.run_id, str(s.out_dir), "workers")
+    if any(s.out_dir.glob(s.worker_files)): client.log_artifacts(s.run_id, str(s.out_dir), "workers")
     _close_trial_runs(client, run_id=s.run_id, experiment_id=client.get_run(s.run_id).info.experiment_id, study=s.study,
-                      study_name=s.name, metric=s.metric, mine=s.mine, stopped=s.stopped)
+                      study_name=s.name, metric=s.metric, mine=s.mine, stopped=s.stopped, value_key=s.value_key,
+                      steps_as=s.steps_as)
     p = search_progress(s.study, mine=s.mine)
     counts = {k: p[k] for k in ("complete", "pruned", "failed", "waiting")}
     tracking.log_metrics({f"n_trials_{k}": v for k, v in counts.items()})
     return counts
 
 # %% ../nbs/11c_tune.ipynb #9ab4de14
-def _summarize_search(s:_Search, counts:dict, worker_errors:dict) -> TuneResult:
-    "The result; the best trial's value and parameters, the plots and the refitted model go to the parent run."
+def _log_best(s:_Search, counts:dict, worker_errors:dict) -> TuneResult:
+    "The result; the best trial's value and parameters and Optuna's plots go to the parent run."
     import mlflow
     from mlkit import tracking
-    p, m = search_progress(s.study, mine=s.mine), s.metric
-    res = TuneResult(s.run_id, s.name, m, s.direction, counts, p["best_value"], p["best_trial"],
-                     worker_errors=worker_errors)
+    p = search_progress(s.study, mine=s.mine)
+    res = TuneResult(s.run_id, s.name, s.metric, s.direction, counts, p["best_value"], p["best_trial"],
+                     worker_errors=worker_errors, objective=s.value_key)
     if res.best_trial is None: return res
     res.best_params = dict(s.study.trials[res.best_trial].params)
-    tracking.log_metrics({f"best_cv_{m}": res.best_value, f"cv_{m}_mean": res.best_value})
+    tracking.log_metrics({s.best_key: res.best_value, s.value_key: res.best_value})
     mlflow.log_params({f"best.{k}": str(v) for k, v in res.best_params.items()})
     mlflow.set_tags({"mlkit.best_trial": str(res.best_trial)})
     s.check()
@@ -196,7 +223,16 @@ def _summarize_search(s:_Search, counts:dict, worker_errors:dict) -> TuneResult:
     tracking.log_figures(figs, "tune")
     if skipped: mlflow.set_tags({f"mlkit.plot_skipped.{k}": v for k, v in skipped.items()})
     s.check()
-    if s.params.search.refit: res.refit = refit_best(s.params, s.data, res.best_params, metric=m)
+    return res
+
+# %% ../nbs/11c_tune.ipynb #5a7d0202
+@patch
+def summarize(self:_Search, counts:dict, worker_errors:dict) -> TuneResult:
+    "The result; the best trial (see `_log_best`) and the refitted model go to the parent run."
+    from mlkit import tracking
+    res = _log_best(self, counts, worker_errors)
+    if res.best_trial is None: return res
+    if self.params.search.refit: res.refit = refit_best(self.params, self.data, res.best_params, metric=self.metric)
     tracking.log_json({"trial": res.best_trial, "value": res.best_value, "params": res.best_params,
                        **{k: res.refit.get(k) for k in ("estimator", "hyperparams") if res.refit}}, "tune/best.json")
     return res
@@ -230,6 +266,24 @@ def _end_search_run(s:_Search, *, status:str, error:BaseException|None, before) 
     finally: mlflow.end_run(status)
 
 # %% ../nbs/11c_tune.ipynb #434a023a
+def run_search(s:_Search, *, workers:int, in_process:bool, progress:bool) -> TuneResult:
+    "Run the prepared search `s` as one MLflow run, a nested run per trial; the run ends FINISHED, FAILED or KILLED."
+    import mlflow
+    before, status, error = mlflow.active_run(), "FAILED", None
+    try:
+        s.start_run(workers=1 if in_process else workers); s.check()
+        errors = _run_workers(s, workers=workers, in_process=in_process, progress=progress)
+        res = s.summarize(_record_trials(s), errors)
+        _check_outcome(s, res)
+        status = "FINISHED"
+        return res
+    except BaseException as e:
+        status, error = ("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"), e
+        if isinstance(e, Interrupted): e.run_id = s.run_id
+        raise
+    finally: _end_search_run(s, status=status, error=error, before=before)
+
+# %% ../nbs/11c_tune.ipynb #5a7d0203
 def tune(params:TuneParams,           # resolved parameters (see `load_tune_params`)
          *, workers:int=1,            # parallel papermill workers
          in_process:bool=False,       # run the worker loop in this process instead (one worker)
@@ -237,23 +291,10 @@ def tune(params:TuneParams,           # resolved parameters (see `load_tune_para
          output_dir:str|Path|None=None, # keep the workers' executed notebooks here (default: a temp folder); attached
         ) -> TuneResult:
     "Run (or continue) the search described by `params` as one MLflow run with a nested run per trial."
-    import mlflow
     with _stop_on_signals() as stop:
         if not isinstance(workers, int) or workers < 1: raise TuneError(f"--workers must be at least 1, got {workers}")
         s = _prepare_search(params, output_dir=output_dir, stop=stop)
-        before, status, error = mlflow.active_run(), "FAILED", None
-        try:
-            _start_search_run(s, workers=1 if in_process else workers); s.check()
-            errors = _run_workers(s, workers=workers, in_process=in_process, progress=progress)
-            res = _summarize_search(s, _record_trials(s), errors)
-            _check_outcome(s, res)
-            status = "FINISHED"
-            return res
-        except BaseException as e:
-            status, error = ("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"), e
-            if isinstance(e, Interrupted): e.run_id = s.run_id
-            raise
-        finally: _end_search_run(s, status=status, error=error, before=before)
+        return run_search(s, workers=workers, in_process=in_process, progress=progress)
 
 # %% ../nbs/11c_tune.ipynb #92e10a4c
 def load_tune_params(path:str|Path|None=None, # YAML params file
@@ -274,9 +315,11 @@ def format_tune_result(res:TuneResult, *, model_name:str|None=None) -> str:
     lines = [f"study {res.study_name}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed trials "
              "in this call"]
     if res.best_trial is not None:
-        lines.append(f"best cv_{res.metric}_mean {res.best_value:.4f} (trial {res.best_trial}): {res.best_params}")
+        lines.append(f"best {res.objective or f'cv_{res.metric}_mean'} {res.best_value:.4f} (trial {res.best_trial}): "
+                     f"{res.best_params}")
     if res.refit:
         lines.append("holdout: " + ", ".join(f"{k} {v:.4f}" for k, v in res.refit["test_metrics"].items()))
         v = res.refit.get("registered_version")
         lines.append(f"model: {res.refit['model_uri']}" + (f" (registered as {model_name} v{v})" if v else ""))
+    if res.command: lines.append(f"run the best configuration: {res.command}")
     return "\n".join(lines + [f"run: {res.run_id}"])

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from fastcore.basics import patch
-from .core import TuneError, limit_threads
+from .core import MlkitError, TuneError, limit_threads
 from .config import ModelParams, TrainParams
-from .search import TuneParams, check_search, make_pruner, make_sampler, suggest_config
+from .search import StudyParams, TuneParams, check_search, make_pruner, make_sampler, suggest_config
 from .study import claim_trial, default_storage, fail_stale_trials, Heartbeat, open_storage, redact_url
 
 # %% auto #0
 __all__ = ['STORAGE_ENV', 'TrainingData', 'load_training_data', 'make_config_model', 'evaluate_config', 'log_trial_run',
-           'AsyncLogger', 'run_worker', 'Workers']
+           'AsyncLogger', 'open_study', 'work_on_study', 'run_worker', 'Workers']
 
 # %% ../nbs/11b_workers.ipynb #ebd22222
 @dataclass
@@ -88,54 +88,62 @@ def _trial_tags(*, parent_run_id:str|None, study_name:str, trial, state:str, err
 
 # %% ../nbs/11b_workers.ipynb #efa44b45
 def log_trial_run(client, *, experiment_id:str, parent_run_id:str|None, study_name:str,
-                  trial,                  # a finished FrozenTrial
-                  state:str,              # 'complete', 'pruned' or 'failed'
-                  metric:str, metrics:dict|None=None, error:str|None=None, worker:str="?",
-                  start:float|None=None, end:float|None=None,
+                  trial, state:str,       # a finished FrozenTrial; 'complete', 'pruned' or 'failed'
+                  metric:str, metrics:dict|None=None, error:str|None=None, worker:str="?", start=None, end=None,
                   run_id:str|None=None,   # complete this (RUNNING) run instead of creating one
                   status:str|None=None,   # the run's final status (default: by `state`)
+                  steps_as:str|None="fold_{metric}", # metric name of the intermediate values (None: not logged)
                  ) -> str:
     "Log finished trial `trial` as a nested run of `parent_run_id`; returns the run id."
     import math
     from mlflow.entities import Metric, Param, RunTag
-    start = start or (trial.datetime_start.timestamp() if trial.datetime_start else time.time())
     end = end or time.time()
+    start = start or (trial.datetime_start.timestamp() if trial.datetime_start else end)
     tags = _trial_tags(parent_run_id=parent_run_id, study_name=study_name, trial=trial, state=state, error=error,
                        worker=worker)
     if run_id is None:
         run_id = client.create_run(experiment_id, start_time=int(start * 1000), tags=tags,
                                    run_name=f"trial-{trial.number}").info.run_id
     ts, values = int(end * 1000), {**(metrics or {}), "duration_s": end - start}
-    ms = [Metric(k, float(v), ts, 0) for k, v in values.items() if math.isfinite(float(v))]
-    ms += [Metric(f"fold_{metric}", float(v), ts, int(s)) for s, v in trial.intermediate_values.items()]
+    steps = trial.intermediate_values.items() if steps_as else ()
+    ms = [Metric(k, float(v), ts, 0) for k, v in values.items() if math.isfinite(float(v))] + [
+        Metric(steps_as.format(metric=metric), float(v), ts, int(s)) for s, v in steps]
     client.log_batch(run_id, metrics=ms, params=[Param(k, str(v)[:6000]) for k, v in trial.params.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])
     client.set_terminated(run_id, status or _STATUS[state], end_time=ts)
     return run_id
 
+# %% ../nbs/11b_workers.ipynb #5a7d0101
+class _CvObjective:
+    "The built-in objective: the cross-validated score of the configuration a trial suggests (the folds are its steps)."
+    def __init__(self, params:TuneParams, data:TrainingData, metric:str, stop=None):
+        self.params, self.data, self.metric, self.stop, self.key = params, data, metric, stop, f"cv_{metric}_mean"
+    def begin(self, trial) -> dict: suggest_config(trial, self.params.search.space); return {}
+    def evaluate(self, trial) -> tuple[dict, float|None, float]:
+        cv, fit_s = evaluate_config(trial, params=self.params, data=self.data, metric=self.metric, stop=self.stop)
+        return cv, cv.get(self.key), fit_s
+
 # %% ../nbs/11b_workers.ipynb #2da58bb1
-def _run_one(trial, *, study, params, data, metric, hb, logger, stop=None) -> dict:
-    "Evaluate, tell and log one claimed trial; returns its state and timing."
+def _run_one(trial, *, study, objective, hb, logger) -> dict:
+    "Evaluate, tell and log one claimed trial with `objective` (see `work_on_study`); returns its state and timing."
     import optuna
     from optuna.trial import TrialState
     start, t0 = time.time(), time.perf_counter()
-    cv, fit_s, error, state = {}, 0.0, None, "complete"
+    metrics, value, fit_s, error, state, extra = {}, None, 0.0, None, "complete", {}
     try:
-        suggest_config(trial, params.search.space)  # on record before the first heartbeat, so a killed trial has it
+        extra = objective.begin(trial)  # suggestions on record before the first heartbeat: a killed trial has them
         hb.start(trial)
-        cv, fit_s = evaluate_config(trial, params=params, data=data, metric=metric, stop=stop)  # same suggestions again
+        metrics, value, fit_s = objective.evaluate(trial)
     except optuna.TrialPruned: state = "pruned"
     except Exception as e:  # a failing configuration is a result: record it, keep searching
-        state, error = "failed", f"{type(e).__name__}: {str(e).strip()[:2000]}"
-        trial.set_user_attr("error", error)
+        state, error = "failed", (str(e) if isinstance(e, MlkitError) else f"{type(e).__name__}: {e}").strip()[:2000]
     finally: hb.stop()
-    value = cv.get(f"cv_{metric}_mean")
-    if state == "complete" and (value is None or value != value):
-        state, error = "failed", f"cv_{metric}_mean is {value}"; trial.set_user_attr("error", error)
+    if state == "complete" and (value is None or value != value): state, error = "failed", f"{objective.key} is {value}"
+    if error: trial.set_user_attr("error", error)
     ts = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}[state]
     frozen = study.tell(trial, value if state == "complete" else None, state=ts, skip_if_finished=True)
     if frozen.state != ts: state, error = "failed", frozen.user_attrs.get("error", "marked failed by another worker")
-    if logger: logger(trial=frozen, state=state, metrics=cv, error=error, start=start, end=time.time())
+    if logger: logger(trial=frozen, state=state, metrics=metrics, error=error, start=start, end=time.time(), **extra)
     return {"state": state, "fit_s": fit_s, "total_s": time.perf_counter() - t0}
 
 # %% ../nbs/11b_workers.ipynb #83a98275
@@ -166,7 +174,17 @@ def _trial_logger(parent_run_id:str|None, *, study_name:str, metric:str, worker:
 
 # %% ../nbs/11b_workers.ipynb #c742046f
 STORAGE_ENV = "MLKIT_TUNE_STORAGE"
+def open_study(study_name:str, *, storage:str|None, # storage URL (None: $MLKIT_TUNE_STORAGE, else default_storage())
+               sampler=None, pruner=None):
+    "The study `study_name` as a worker opens it; `TuneError` when the storage does not hold it."
+    import optuna
+    url = storage or os.environ.get(STORAGE_ENV)
+    try: return optuna.load_study(study_name=study_name, storage=open_storage(url, create=False), sampler=sampler,
+                                  pruner=pruner)
+    except KeyError: raise TuneError(f"no study '{study_name}' in storage '{redact_url(url or default_storage())}'; "
+                                     "`mlkit tune` creates it (or `prepare_study`)") from None
 
+# %% ../nbs/11b_workers.ipynb #5a7d0104
 def _open_worker(study_name:str, params:dict|TuneParams, *, storage:str|None, sampler_seed:int|None) -> tuple:
     "(params, data, metric, study) of a worker: one native thread, the data loaded once, the study with its sampler."
     import optuna
@@ -175,14 +193,36 @@ def _open_worker(study_name:str, params:dict|TuneParams, *, storage:str|None, sa
     p = params if isinstance(params, TuneParams) else TuneParams.model_validate(params)
     data = load_training_data(p)
     metric = check_search(p, task=data.task)["metric"]
-    url = storage or os.environ.get(STORAGE_ENV)
-    try: study = optuna.load_study(study_name=study_name, storage=open_storage(url, create=False),
-                                   sampler=make_sampler(p, sampler_seed), pruner=make_pruner(p))
-    except KeyError: raise TuneError(f"no study '{study_name}' in storage '{redact_url(url or default_storage())}'; "
-                                     "`mlkit tune` creates it (or `prepare_study`)") from None
-    return p, data, metric, study
+    return p, data, metric, open_study(study_name, storage=storage, sampler=make_sampler(p, sampler_seed),
+                                       pruner=make_pruner(p))
 
 # %% ../nbs/11b_workers.ipynb #29ee1c99
+def work_on_study(study,                     # an optuna Study (see `open_study`)
+                  *, objective,              # begin(trial) -> dict, evaluate(trial) -> (metrics, value, seconds), key
+                  search:StudyParams,        # the budget's kind (n_trials or timeout), heartbeats, grace period
+                  worker_id:str="0",         # this worker's label in heartbeats
+                  logger=None,               # called with each finished trial (see `AsyncLogger`); None: not tracked
+                  deadline:float|None=None,  # Unix time after which no trial starts
+                  stop=None,                 # called between trials: raises to stop (an in-process search)
+                 ) -> dict:
+    "Run queued trials of `study` with `objective` until none is left or `deadline` passes; returns counts and timing."
+    hb, t0 = Heartbeat(study, worker_id, search.heartbeat_interval), time.perf_counter()
+    out = {"worker": worker_id, "complete": 0, "pruned": 0, "failed": 0, "fit_s": 0.0, "trial_s": 0.0}
+    try:
+        while deadline is None or time.time() < deadline:
+            if stop: stop()
+            fail_stale_trials(study, grace_period=search.grace_period)
+            trial = claim_trial(study, queued_only=search.n_trials is not None)
+            if trial is None: break
+            r = _run_one(trial, study=study, objective=objective, hb=hb, logger=logger)
+            out[r["state"]] += 1; out["fit_s"] += r["fit_s"]; out["trial_s"] += r["total_s"]
+    finally:
+        hb.close()
+        out["loop_s"] = time.perf_counter() - t0  # before the last trial's run is flushed: that wait is not per trial
+        out["tracking_errors"] = logger.close() if logger else []
+    return {**out, "trials": out["complete"] + out["pruned"] + out["failed"]}
+
+# %% ../nbs/11b_workers.ipynb #5a7d0105
 def run_worker(*, study_name:str,           # the study to work on (created by `tune`/`prepare_study`)
                params:dict|TuneParams,       # the search's parameters
                storage:str|None=None,        # storage URL (None: $MLKIT_TUNE_STORAGE, else default_storage())
@@ -192,29 +232,17 @@ def run_worker(*, study_name:str,           # the study to work on (created by `
                sampler_seed:int|None=None,   # seed of this worker's sampler (default: params.seed)
                stop=None,                    # called between trials and folds: raises to stop (an in-process search)
               ) -> dict:
-    "Run queued trials of `study_name` until none is left or `deadline` passes; returns counts and timing."
+    "Cross-validate queued trials of `study_name` until none is left or `deadline` passes; returns counts and timing."
     p, data, metric, study = _open_worker(study_name, params, storage=storage, sampler_seed=sampler_seed)
     logger = _trial_logger(parent_run_id, study_name=study_name, metric=metric, worker=worker_id)
-    hb, t0 = Heartbeat(study, worker_id, p.search.heartbeat_interval), time.perf_counter()
-    out = {"worker": worker_id, "complete": 0, "pruned": 0, "failed": 0, "fit_s": 0.0, "trial_s": 0.0}
-    try:
-        while deadline is None or time.time() < deadline:
-            if stop: stop()
-            fail_stale_trials(study, grace_period=p.search.grace_period)
-            trial = claim_trial(study, queued_only=p.search.n_trials is not None)
-            if trial is None: break
-            r = _run_one(trial, study=study, params=p, data=data, metric=metric, hb=hb, logger=logger, stop=stop)
-            out[r["state"]] += 1; out["fit_s"] += r["fit_s"]; out["trial_s"] += r["total_s"]
-    finally:
-        hb.close()
-        out["loop_s"] = time.perf_counter() - t0  # before the last trial's run is flushed: that wait is not per trial
-        out["tracking_errors"] = logger.close() if logger else []
-    return {**out, "trials": out["complete"] + out["pruned"] + out["failed"]}
+    return work_on_study(study, objective=_CvObjective(p, data, metric, stop), search=p.search, worker_id=worker_id,
+                         logger=logger, deadline=deadline, stop=stop)
 
 # %% ../nbs/11b_workers.ipynb #2a18e205
 def _close_trial_runs(client, *, run_id:str, experiment_id:str, study, study_name:str, metric:str,
-                      mine,         # selects this call's trials by number
-                      stopped=(),   # numbers of trials stopped with the search: their runs end KILLED
+                      mine, stopped=(),  # this call's trials (by number); those stopped with the search (KILLED)
+                      value_key:str|None=None,  # the objective's metric name (default: cv_<metric>_mean)
+                      steps_as:str|None="fold_{metric}", # see `log_trial_run`
                      ) -> int:
     "End the nested run of each finished trial of this call: complete runs left RUNNING, write missing ones; a count."
     done, partial = set(), {}
@@ -227,9 +255,10 @@ def _close_trial_runs(client, *, run_id:str, experiment_id:str, study, study_nam
         if not (mine(t.number) and t.state.is_finished()) or str(t.number) in done: continue
         state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(t.state.name, "failed")
         hb = t.system_attrs.get("mlkit:heartbeat") or {}
+        value = None if t.value is None else {value_key or f"cv_{metric}_mean": t.value}
         log_trial_run(client, experiment_id=experiment_id, parent_run_id=run_id, study_name=study_name, trial=t,
-                      state=state, metric=metric, metrics=None if t.value is None else {f"cv_{metric}_mean": t.value},
-                      error=t.user_attrs.get("error"), worker=hb.get("worker", "?"),
+                      state=state, metric=metric, metrics=value, error=t.user_attrs.get("error"),
+                      worker=hb.get("worker", "?"), steps_as=steps_as,
                       end=t.datetime_complete.timestamp() if t.datetime_complete else None,
                       run_id=partial.pop(str(t.number), None), status="KILLED" if t.number in stopped else None)
         n_closed += 1
