@@ -64,10 +64,11 @@ def main():
     print(f"overhead (timed inside the worker): {n} trials, fitting {fit / n:.3f} s/trial, storage+tracking+sampling "
           f"{overhead * 1000:.1f} ms/trial = {overhead / (fit / n):.1%} of fitting time (goal <= 5 %)")
     # the same configurations again with no storage and no tracking at all: the wall-clock baseline
-    from mlkit.workers import evaluate_config, load_training_data
+    from mlkit.training import prepare_training_data
+    from mlkit.workers import evaluate_config
     from mlkit.core import limit_threads
     limit_threads(1)
-    data = load_training_data(p)
+    data = prepare_training_data(p)
     t0 = time.perf_counter()
     for t in optuna.load_study(study_name="overhead", storage=open_storage(storage)).trials:
         evaluate_config(optuna.trial.FixedTrial(t.params), params=p, data=data, metric="roc_auc")

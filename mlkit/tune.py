@@ -15,7 +15,8 @@ from .config import load_params
 from .search import TuneParams, check_search, suggest_config
 from .study import default_storage, fail_stale_trials, format_progress, make_search_plots, open_storage
 from .study import prepare_study, redact_url, search_progress
-from .workers import STORAGE_ENV, TrainingData, Workers, load_training_data, make_config_model, run_worker
+from .training import TrainingData, prepare_training_data
+from .workers import STORAGE_ENV, Workers, make_config_model, run_worker
 from .workers import _close_trial_runs, _one_line
 
 # %% auto #0
@@ -123,7 +124,7 @@ def _open_search(cls:type, params, *, name:str, objective:dict, output_dir=None,
 # %% ../nbs/11c_tune.ipynb #5a7d0205
 def _prepare_search(params:TuneParams, *, output_dir=None, stop:_Stop|None=None) -> _Search:
     "Check what a user can get wrong (data, space, budget, storage), then create or continue the study."
-    data = load_training_data(params)
+    data = prepare_training_data(params)
     if stop: stop.check()
     objective = check_search(params, task=data.task)
     return _open_search(_Search, params, name=f"{params.experiment}-tune", objective=objective, output_dir=output_dir,

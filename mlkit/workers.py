@@ -15,32 +15,11 @@ from .search import StudyParams, TuneParams, check_search, make_pruner, make_sam
 from .study import claim_trial, default_storage, fail_stale_trials, Heartbeat, open_storage, redact_url
 
 # %% auto #0
-__all__ = ['STORAGE_ENV', 'TrainingData', 'load_training_data', 'make_config_model', 'evaluate_config', 'log_trial_run',
-           'AsyncLogger', 'open_study', 'work_on_study', 'run_worker', 'Workers']
+__all__ = ['STORAGE_ENV', 'make_config_model', 'evaluate_config', 'log_trial_run', 'AsyncLogger', 'open_study', 'work_on_study',
+           'run_worker', 'Workers']
 
 # %% ../nbs/11b_workers.ipynb #ebd22222
-@dataclass
-class TrainingData:
-    "The split data of a search, prepared as the train pipeline prepares it."
-    X_train: Any; y_train: Any; X_test: Any; y_test: Any
-    schema: dict; task: str; target: str; fingerprint: str
-
-# %% ../nbs/11b_workers.ipynb #b601ebf1
-def load_training_data(params:TrainParams) -> TrainingData:
-    "Load, check and split the data named in `params.data`; `DataError` for unusable data."
-    from mlkit import data as mdata
-    d = params.data
-    df = mdata.load_data(d.source, n_rows=d.n_rows, seed=params.seed)
-    target = d.target or mdata.default_target(d.source)
-    df = df.drop(columns=d.drop_columns, errors="raise") if d.drop_columns else df
-    task = d.task if d.task != "auto" else mdata.infer_task(df[target]) if target in df else "auto"
-    mdata.check_training_data(df, target, task)
-    schema = mdata.infer_schema(df, target=target, id_column=d.id_column, time_column=d.time_column)
-    train, test = mdata.split_data(df, target=target, test_size=d.test_size, seed=params.seed, task=task,
-                                   time_column=d.time_column)
-    drop = [c for c in (target, d.id_column, d.time_column) if c]
-    return TrainingData(train.drop(columns=drop), train[target], test.drop(columns=drop), test[target], schema, task,
-                        target, mdata.fingerprint_frame(df))
+from .training import TrainingData, prepare_training_data
 
 # %% ../nbs/11b_workers.ipynb #470511ad
 def make_config_model(params:TuneParams, data:TrainingData,
@@ -191,7 +170,7 @@ def _open_worker(study_name:str, params:dict|TuneParams, *, storage:str|None, sa
     limit_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     p = params if isinstance(params, TuneParams) else TuneParams.model_validate(params)
-    data = load_training_data(p)
+    data = prepare_training_data(p)
     metric = check_search(p, task=data.task)["metric"]
     return p, data, metric, open_study(study_name, storage=storage, sampler=make_sampler(p, sampler_seed),
                                        pruner=make_pruner(p))
