@@ -10,7 +10,7 @@ from .core import TuneError
 
 # %% auto #0
 __all__ = ['default_storage', 'redact_url', 'open_storage', 'prepare_study', 'claim_trial', 'Heartbeat', 'fail_stale_trials',
-           'search_progress', 'format_progress', 'make_search_plots']
+           'storage_unreachable', 'retry_storage', 'search_progress', 'format_progress', 'make_search_plots']
 
 # %% ../nbs/11a_study.ipynb #e1d0c260
 def default_storage() -> str:
@@ -125,6 +125,8 @@ class Heartbeat:
         stamp = {"t": time.time(), "worker": self.worker, "host": socket.gethostname(), "pid": os.getpid()}
         try: self.storage.set_trial_system_attr(tid, "mlkit:heartbeat", stamp)
         except UpdateFinishedTrialError: pass  # finished (or failed as stale) meanwhile: nothing to stamp
+        except Exception as e:                 # the storage does not answer: this stamp is missed, the next one is not
+            if not storage_unreachable(e): raise
 
     def _loop(self):
         while not self._closed:
@@ -170,6 +172,24 @@ def fail_stale_trials(study,                  # an optuna Study
             out.append(t.number)
         except UpdateFinishedTrialError: continue  # its worker finished it meanwhile
     return out
+
+# %% ../nbs/11a_study.ipynb #77af6bd1
+def storage_unreachable(e:BaseException) -> bool:
+    "Whether `e` is a study storage that did not answer (a database down or unreachable, a connection dropped)."
+    from optuna.exceptions import StorageInternalError
+    try: from sqlalchemy.exc import DBAPIError
+    except ImportError: DBAPIError = StorageInternalError
+    return isinstance(e, (StorageInternalError, DBAPIError, ConnectionError, TimeoutError))
+
+# %% ../nbs/11a_study.ipynb #77af6bd2
+def retry_storage(fn, *args, outage:float=600, **kwargs):
+    "`fn(*args, **kwargs)`, called again while the study storage does not answer, for up to `outage` seconds."
+    t0, wait = time.monotonic(), 0.2
+    while True:
+        try: return fn(*args, **kwargs)
+        except Exception as e:
+            if not storage_unreachable(e) or time.monotonic() - t0 > outage: raise
+            time.sleep(wait); wait = min(2 * wait, 5.0)
 
 # %% ../nbs/11a_study.ipynb #b2036113
 _STATE_NAMES = {"WAITING": "waiting", "RUNNING": "running", "COMPLETE": "complete", "PRUNED": "pruned",

@@ -14,7 +14,7 @@ from .core import TuneError
 from .config import load_params
 from .search import TuneParams, check_search, suggest_config
 from .study import default_storage, fail_stale_trials, format_progress, make_search_plots, open_storage
-from .study import prepare_study, redact_url, search_progress
+from .study import prepare_study, redact_url, search_progress, storage_unreachable
 from .training import TrainingData, prepare_training_data
 from .workers import STORAGE_ENV, Workers, make_config_model, run_worker
 from .workers import _close_trial_runs, _one_line
@@ -146,13 +146,25 @@ def start_run(self:_Search, *, workers:int) -> str:
     return self.run_id
 
 # %% ../nbs/11c_tune.ipynb #d69c7bc3
-def _watch(pool:Workers, s:_Search, *, progress:bool, poll:float=1.0) -> None:
+def _watch(pool:Workers, s:_Search, *, progress:bool, poll:float=1.0, outage:float=600) -> None:
     "Until the workers end: fail the trial of a worker that died, print progress when it changes and at the end."
-    last, total = None, len(s.queued) or None
+    last, total, down_since, warned = None, len(s.queued) or None, None, False
     while True:
         running = pool.running()
-        fail_stale_trials(s.study, grace_period=s.params.search.grace_period, dead_workers=pool.dead())
-        line = format_progress(search_progress(s.study, mine=s.mine), total=total, metric=s.metric)
+        try:
+            fail_stale_trials(s.study, grace_period=s.params.search.grace_period, dead_workers=pool.dead())
+            line = format_progress(search_progress(s.study, mine=s.mine), total=total, metric=s.metric)
+        except Exception as e:
+            if not storage_unreachable(e): raise
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > outage:
+                raise TuneError(f"the study storage {redact_url(s.url)} did not answer for {outage:.0f} s ({_one_line(e)}); "
+                                "completed trials are kept: run the same `mlkit tune` again to go on") from None
+            if not warned: print(f"warning: the study storage {redact_url(s.url)} does not answer ({_one_line(e)}); "
+                                 "waiting for it", file=sys.stderr, flush=True)
+            warned = True
+            time.sleep(poll); s.check(); continue
+        if down_since: print("the study storage answers again", file=sys.stderr, flush=True); down_since, warned = None, False
         if progress and line != last: print(line, file=sys.stderr, flush=True); last = line
         if not running: return
         time.sleep(poll); s.check()

@@ -12,7 +12,7 @@ from fastcore.basics import patch
 from .core import MlkitError, TuneError, limit_threads
 from .config import ModelParams, TrainParams
 from .search import StudyParams, TuneParams, check_search, make_pruner, make_sampler, suggest_config
-from .study import claim_trial, default_storage, fail_stale_trials, Heartbeat, open_storage, redact_url
+from .study import claim_trial, default_storage, fail_stale_trials, Heartbeat, open_storage, redact_url, retry_storage
 
 # %% auto #0
 __all__ = ['STORAGE_ENV', 'make_config_model', 'evaluate_config', 'log_trial_run', 'AsyncLogger', 'open_study', 'work_on_study',
@@ -118,9 +118,9 @@ def _run_one(trial, *, study, objective, hb, logger) -> dict:
         state, error = "failed", (str(e) if isinstance(e, MlkitError) else f"{type(e).__name__}: {e}").strip()[:2000]
     finally: hb.stop()
     if state == "complete" and (value is None or value != value): state, error = "failed", f"{objective.key} is {value}"
-    if error: trial.set_user_attr("error", error)
+    if error: retry_storage(trial.set_user_attr, "error", error)
     ts = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}[state]
-    frozen = study.tell(trial, value if state == "complete" else None, state=ts, skip_if_finished=True)
+    frozen = retry_storage(study.tell, trial, value if state == "complete" else None, state=ts, skip_if_finished=True)
     if frozen.state != ts: state, error = "failed", frozen.user_attrs.get("error", "marked failed by another worker")
     if logger: logger(trial=frozen, state=state, metrics=metrics, error=error, start=start, end=time.time(), **extra)
     return {"state": state, "fit_s": fit_s, "total_s": time.perf_counter() - t0}
@@ -190,8 +190,8 @@ def work_on_study(study,                     # an optuna Study (see `open_study`
     try:
         while deadline is None or time.time() < deadline:
             if stop: stop()
-            fail_stale_trials(study, grace_period=search.grace_period)
-            trial = claim_trial(study, queued_only=search.n_trials is not None)
+            retry_storage(fail_stale_trials, study, grace_period=search.grace_period)   # each storage call outlives a restart
+            trial = retry_storage(claim_trial, study, queued_only=search.n_trials is not None)
             if trial is None: break
             r = _run_one(trial, study=study, objective=objective, hb=hb, logger=logger)
             out[r["state"]] += 1; out["fit_s"] += r["fit_s"]; out["trial_s"] += r["total_s"]
