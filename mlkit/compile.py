@@ -68,6 +68,7 @@ def _category_tables(trans, cols:list[str]) -> list|None:
         probe[c] = pd.Series([*known, np.nan, _UNSEEN], dtype=object)
         try: out, unseen_ok = trans.transform(probe), True
         except (ValueError, TypeError): out, unseen_ok = trans.transform(probe.iloc[:-1]), False
+        out = out.toarray() if hasattr(out, "toarray") else out     # a sparse encoder (OneHotEncoder's default output)
         block = np.asarray(out, dtype=float)[:, starts[j]:starts[j + 1]]
         tables.append(({v: block[i] for i, v in enumerate(known)}, block[len(known)], block[-1] if unseen_ok else None,
                        slice(starts[j], starts[j + 1])))

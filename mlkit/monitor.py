@@ -210,11 +210,10 @@ def retrain_and_gate(params:MonitorParams, # monitor params: labels, train_param
     r = run_notebook("train", params=params.train_params, sets=sets, engine="kernel", force=True,
                      tags={"mlkit.triggered_by": monitor_run_id or ""})
     if r.status != "FINISHED": raise MonitorError(f"retraining run {r.run_id} {r.status}: {r.error}")
-    from mlkit.config import load_params
     from mlkit.gate import format_verdict as gate_table
-    from mlkit.promote import promote_version
-    gate = load_params("promote", params.promote_params) if params.promote_params else None
-    p = promote_version(model_name, run_id=r.run_id, params=gate,
+    from mlkit.promote import gate_params, promote_version
+    gate, where = gate_params(path=params.promote_params)      # the gate's label names the file it came from
+    p = promote_version(model_name, run_id=r.run_id, params=gate, where=where,
                         reason=f"retrained after a drift alert (monitor run {monitor_run_id})")
     return {"train_run": r.run_id, "version": p.verdict.challenger, "promoted": p.promoted,
             "failures": p.verdict.failures(), "gate": gate_table(p.verdict)}

@@ -44,7 +44,8 @@ class ServedModel:
         self.classes = getattr(pipeline, "classes_", None)
         self.task = task or schema.get("task") or ("regression" if self.classes is None else "multiclass")
         self.proba = self.classes is not None and hasattr(pipeline, "predict_proba")
-        fast = compile_pipeline(pipeline) if compile else None
+        try: fast = compile_pipeline(pipeline) if compile else None
+        except Exception: fast = None        # the compiled path is only a speed-up: a pipeline it cannot read runs as fitted
         self.fast = verify_compiled(pipeline, fast, self.specs, unseen=unseen == "pipeline") if fast else None
         self.loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 

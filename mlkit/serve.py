@@ -272,7 +272,8 @@ def option_error(e:ValidationError, schema) -> ServeError:
 # %% ../nbs/12e_serve.ipynb #07400004
 def serve_params(**options) -> ServeParams:
     "`options` validated as `ServeParams`; ServeError naming the flag of the first bad one."
-    if str(options.get("log_dir")).lower() == "none": options["log_dir"] = None
+    if isinstance(options.get("log_dir"), str) and options["log_dir"].strip().lower() in ("none", "null", ""):
+        options["log_dir"] = None          # `--log-dir none`: no prediction log (left out: the default folder)
     try: return ServeParams(**options)
     except ValidationError as e: raise option_error(e, ServeParams) from None
 
