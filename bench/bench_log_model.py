@@ -9,9 +9,9 @@ if __name__ == "__main__":
     os.chdir(d)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
     import mlflow, skops.io as sio
-    from mlkit import data, models, tracking
+    from mlkit import checks, data, models, tracking
     df = data.make_credit_data(5000, seed=0)
-    schema = data.infer_schema(df, target="default", id_column="id")
+    schema = checks.infer_schema(df, target="default", id_column="id")
     X, y = df.drop(columns=["default", "id"]), df["default"]
     model = models.make_model(schema, task="binary", seed=0).fit(X, y)
     tracking.configure(); mlflow.set_experiment("bench")

@@ -26,7 +26,8 @@ def make_store(home: Path) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
     from mlkit import tracking
-    from mlkit.data import make_credit_data, infer_schema
+    from mlkit.checks import infer_schema
+from mlkit.data import make_credit_data
     from mlkit.evaluate import compute_metrics
     from mlkit.features import make_preprocessor
     from mlkit.profile import make_profile

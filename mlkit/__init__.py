@@ -76,13 +76,13 @@ def log_model(model,                     # a fitted sklearn estimator/Pipeline t
               seed:int=0):
     "Evaluate, explain, profile and log a fitted model to the current run, as the train pipeline does; returns what was logged."
     import pandas as pd
-    from mlkit import data as mdata, evaluate as mev, tracking, training
+    from mlkit import checks, data as mdata, evaluate as mev, tracking, training
     from mlkit.config import EvalParams
     target = getattr(y_train, "name", None) or "target"
     y_train, y_test = pd.Series(y_train, name=target).reset_index(drop=True), pd.Series(y_test, name=target).reset_index(drop=True)
     X_train, X_test = X_train.reset_index(drop=True), X_test.reset_index(drop=True)
     task, sensitive = task or mdata.infer_task(y_train), _sensitive_columns(sensitive, X_test)
-    schema = schema or mdata.infer_schema(X_train.assign(**{target: y_train}), target=target, task=task,
+    schema = schema or checks.infer_schema(X_train.assign(**{target: y_train}), target=target, task=task,
                                           keep=tuple(map(str, X_train.columns)), quiet=True)  # it takes every column given
     primary = mev.check_metric(primary or mev.default_metric(task), task)
     ev = evaluate if isinstance(evaluate, EvalParams) else EvalParams(**(evaluate or {}))

@@ -365,13 +365,3 @@ def write_demo_batch(path, # file to write (.csv, .csv.gz or .parquet)
     out = {"batch": str(write_frame(df.drop(columns=["default"]) if labels else df, path)), "rows": len(df)}
     if labels: out["labels"] = str(write_frame(df[["id", "default"]], labels))
     return out
-
-# %% ../nbs/02_data.ipynb #a4b5c6d7
-_MOVED = ("check_training_data", "column_kind", "infer_schema", "ValidationReport", "validate_frame", "quality_report")
-
-def __getattr__(name:str):
-    "Transitional: `mlkit.data.infer_schema` etc. forward to `mlkit.checks` (remove once callers import from there)."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module("mlkit.checks"), name)
-    raise AttributeError(f"module 'mlkit.data' has no attribute '{name}'")

@@ -37,7 +37,7 @@ def _check_names(names, schema:dict, key:str):
     if used: raise ConfigError(f"features.{key} cannot use {', '.join(used)}; remove it from features.{key}")
 
 # %% ../nbs/04_features.ipynb #9dccef1e
-def feature_columns(schema:dict, # from `mlkit.data.infer_schema`
+def feature_columns(schema:dict, # from `mlkit.checks.infer_schema`
                     params=None, # FeatureParams, a dict, or None
                     *, exclude=(), # more columns to leave out (e.g. data.drop_columns)
                    ) -> tuple[list[str], list[str]]:
@@ -80,7 +80,7 @@ def _categorical_pipe(params) -> Pipeline:
                                               max_categories=_param(params, "max_categories"), min_frequency=_param(params, "min_frequency")))])
 
 # %% ../nbs/04_features.ipynb #61f8befa
-def make_preprocessor(schema:dict, # from `mlkit.data.infer_schema`
+def make_preprocessor(schema:dict, # from `mlkit.checks.infer_schema`
                       params=None, # FeatureParams, a dict, or None
                       *, exclude=(), # more columns to leave out
                      ) -> ColumnTransformer:

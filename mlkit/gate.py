@@ -277,16 +277,3 @@ def format_verdict(v:GateVerdict) -> str:
     if v.fairness is not None and len(v.fairness):
         lines += ["fairness slices (per group):", v.fairness.to_string(index=False, float_format=lambda x: f"{x:.4f}")]
     return "\n".join(lines)
-
-# %% ../nbs/10_gate.ipynb #e1f0a043
-_MOVED = {"evaluate_gate": "rescore", "load_candidate": "rescore", "Candidate": "rescore", "eval_recipe": "rescore",
-          "build_eval_data": "rescore", "required_inputs": "rescore", "fairness_slices": "rescore", "baseline_scores": "rescore",
-          "choose_challenger": "promote", "pick_challenger": "promote", "dry_run": "promote", "Promotion": "promote",
-          "promote_version": "promote", "cli_promote": "promote", "cli_rollback": "promote", "cli_history": "promote"}
-
-def __getattr__(name:str):
-    "Transitional: `mlkit.gate.evaluate_gate`, `.promote_version` etc. forward to their new modules (remove once callers move)."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f"mlkit.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'mlkit.gate' has no attribute '{name}'")

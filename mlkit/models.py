@@ -110,7 +110,7 @@ def _schema_after(before:list, sample, schema:dict) -> dict:
     "The schema of the table the `before` steps make from `sample` (the generated preprocessing is built for it)."
     import pandas as pd
     from sklearn.base import clone
-    from mlkit.data import infer_schema
+    from mlkit.checks import infer_schema
     skip = [c for c in (schema.get("target"), schema.get("id_column"), schema.get("time_column")) if c and c in sample]
     X = Pipeline([(n, clone(t)) for n, t in before]).fit_transform(sample.drop(columns=skip))
     if not isinstance(X, pd.DataFrame): raise ModelError("a features.steps step placed 'before' must return a table (a DataFrame); "
@@ -118,7 +118,7 @@ def _schema_after(before:list, sample, schema:dict) -> dict:
     return {**infer_schema(X), "target": None, "id_column": None, "time_column": None}
 
 # %% ../nbs/05_models.ipynb #8370c3cb
-def make_model(schema:dict, # from `mlkit.data.infer_schema`
+def make_model(schema:dict, # from `mlkit.checks.infer_schema`
                *, task:str|None=None, # default: the schema's task
                model=None, # ModelParams, a dict (estimator, hyperparams) or None
                features=None, # FeatureParams, a dict or None

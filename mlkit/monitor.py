@@ -69,7 +69,7 @@ def read_batch(params:MonitorParams) -> pd.DataFrame:
 
 # %% ../nbs/14a_monitor.ipynb #7b8c9d0e
 def label_columns(params:MonitorParams, # monitor params (id_column, target: None = the model's)
-                  schema:dict|None, # the model's schema (`mlkit.data.infer_schema`: id_column, target)
+                  schema:dict|None, # the model's schema (`mlkit.checks.infer_schema`: id_column, target)
                  ) -> tuple[str | None, str | None]:
     "(id column, target) that join the labels to the batch."
     schema = schema or {}

@@ -129,13 +129,13 @@ class _NotebookTrials:
     def __init__(self, nb, params:NotebookTuneParams, *, name:str, parent_run_id:str, study_name:str, worker:str):
         import mlflow
         from mlkit import tracking
-        from mlkit.runner import _pid_start
+        from mlkit.record import pid_start
         self.nb, self.p, self.name, self.key, self.worker = nb, params, name, params.search.metric, worker
         self.parent, self.study_name, self.ctx, self.values = parent_run_id, study_name, {}, {}
         self.client = mlflow.MlflowClient(tracking.configure())
         self.exp = self.client.get_run(parent_run_id).info.experiment_id
         self.tags = {"mlkit.notebook": name, "mlkit.host": socket.gethostname(), "mlkit.pid": str(os.getpid()),
-                     "mlkit.pid_start": _pid_start(os.getpid())}
+                     "mlkit.pid_start": pid_start(os.getpid())}
         _settle()  # the shell exists and the worker's own imports are frozen before the first trial
 
 # %% ../nbs/11d_notebooks.ipynb #952e047c
@@ -176,8 +176,8 @@ def evaluate(self:_NotebookTrials, trial) -> tuple[dict, float, float]:
 def log(self:_NotebookTrials, *, trial, state:str, error:str|None, start:float, end:float, run_id:str|None=None,
         notebook=None, executed=None, **_) -> str:
     "Complete the nested run of finished `trial`: its figures, the executed notebook (if kept), params, tags, duration, status."
-    from mlkit.runner import _log_images
-    if executed is not None and run_id: _log_images(self.client, run_id, executed)
+    from mlkit.record import log_images
+    if executed is not None and run_id: log_images(self.client, run_id, executed)
     if notebook is not None and run_id:
         import nbformat
         self.client.log_text(run_id, nbformat.writes(notebook), f"notebook/{self.name}.ipynb")
@@ -289,7 +289,8 @@ def start_run(self:_NotebookSearch, *, workers:int) -> str:
     "Create the parent run — the notebook's lineage, the search's parameters — and make it this process's active run."
     import mlflow
     from mlkit.config import flatten_params
-    from mlkit.runner import _run_tags, create_run
+    from mlkit.record import create_run
+    from mlkit.runner import _run_tags
     tags = {**_run_tags(self.nb_path, self.resolved, "inprocess"), "mlkit.pipeline": "tune", "mlkit.runner": "tune",
             "mlkit.study": self.name, "mlkit.storage": redact_url(self.url), "mlkit.workers": str(workers),
             "mlkit.objective": f"{self.direction} {self.metric}"}

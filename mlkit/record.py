@@ -11,10 +11,10 @@ from . import tracking
 from .execute import import_nbformat, output_images
 
 # %% auto #0
-__all__ = ['create_run', 'open_run', 'reap_orphans', 'close_run', 'warm']
+__all__ = ['pid_start', 'create_run', 'open_run', 'reap_orphans', 'close_run', 'log_images', 'warm']
 
 # %% ../nbs/08ab_record.ipynb #65d5b1bf
-def _pid_start(pid:int) -> str:
+def pid_start(pid:int) -> str:
     "When process `pid` started (clock ticks since boot, from /proc), '' where unknown: a pid reused later has another start."
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError): return ""
@@ -48,7 +48,7 @@ def _alive(pid:int, start:str) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
-    return not start or _pid_start(pid) == start
+    return not start or pid_start(pid) == start
 
 def reap_orphans() -> list[str]:
     "End KILLED the RUNNING runs started on this host by a process that no longer exists; returns their ids."
@@ -75,7 +75,7 @@ def close_run(run_id:str, out:str, log:str, status:str, error:str|None=None, tag
     steps = [("tags", lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in
                                                              {"mlkit.status": status, **({"mlkit.error": redact(error)} if error else {}), **(tags or {})}.items()])),
              ("notebook", lambda: out.exists() and client.log_artifact(run_id, str(out), "notebook")),
-             ("figures", lambda: out.exists() and _log_images(client, run_id, nbformat.read(str(out), as_version=4))),
+             ("figures", lambda: out.exists() and log_images(client, run_id, nbformat.read(str(out), as_version=4))),
              ("kernel log", lambda: log.exists() and client.log_artifact(run_id, str(log), "notebook"))]
     try:
         for what, step in steps:
@@ -85,7 +85,7 @@ def close_run(run_id:str, out:str, log:str, status:str, error:str|None=None, tag
     run = client.get_run(run_id)
     return {"metrics": dict(run.data.metrics), "tags": dict(run.data.tags), "experiment_id": run.info.experiment_id, "warnings": warnings}
 
-def _log_images(client, run_id:str, nb) -> None:
+def log_images(client, run_id:str, nb) -> None:
     "Log the images shown in executed notebook `nb` under `figures/`."
     with tempfile.TemporaryDirectory() as d:
         for name, data in output_images(nb).items(): (Path(d) / name).write_bytes(data)

@@ -214,7 +214,7 @@ def _run_tags(nb_path:Path, r:Resolved, engine:str) -> dict:
     tags["mlkit.params_hash"] = params_hash(r.params.model_dump(mode="json") if hasattr(r.params, "model_dump") else r.params)
     return tags | {"mlflow.source.name": str(nb_path), "mlflow.source.type": "NOTEBOOK", "mlkit.notebook": str(nb_path), "mlkit.cwd": os.getcwd(),
                    "mlkit.runner": "papermill", "mlkit.engine": engine, "mlkit.host": socket.gethostname(),
-                   "mlkit.pid": str(os.getpid()), "mlkit.pid_start": record._pid_start(os.getpid())}
+                   "mlkit.pid": str(os.getpid()), "mlkit.pid_start": record.pid_start(os.getpid())}
 
 # %% ../nbs/08b_runner.ipynb #5136bf79
 def _spec(nb_path:Path, r:Resolved, engine:str, key, inputs, parent_run_id) -> dict:

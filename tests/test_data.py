@@ -352,7 +352,7 @@ def _passengers(n=600, seed=0):
 def test_a_name_unique_per_row_is_left_out_with_a_note(capsys):
     "11.2: with minimal params a passenger's name became a feature with one category per row, required by serving."
     from mlkit.features import feature_columns
-    from mlkit.gate import required_inputs
+    from mlkit.rescore import required_inputs
     df = _passengers()
     schema = infer_schema(df, target="Survived")
     assert schema["id_column"] == "PassengerId"

@@ -212,7 +212,8 @@ def test_lightgbm_models_hold_exactly_the_types_its_trust_declaration_allows():
     "A fitted LightGBM pipeline's skops file holds three types beyond mlkit's list; declaring `lightgbm` allows those, nothing more."
     import numpy as np, skops.io as sio
     from mlkit.core import ModelError
-    from mlkit.data import infer_schema, make_credit_data
+    from mlkit.checks import infer_schema
+from mlkit.data import make_credit_data
     from mlkit.models import make_model
     from mlkit.trust import check_model_bytes, check_types, get_allowed_types
     df = make_credit_data(400, seed=0).drop(columns=["application_date"])
