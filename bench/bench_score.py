@@ -66,10 +66,10 @@ def main():
     a = ap.parse_args()
     cli_ratio(a.cli_runs)
     import skops.io as sio
-    from mlkit import data as md, models as mm
+    from mlkit import checks, data as md, models as mm
     d = Path(tempfile.mkdtemp(prefix="bench_score_"))
     df = md.make_credit_data(5000, seed=0).drop(columns=["application_date"])
-    schema = md.infer_schema(df, target="default", id_column="id")
+    schema = checks.infer_schema(df, target="default", id_column="id")
     m = mm.make_model(schema, task="binary", seed=0).fit(df.drop(columns=["default", "id"]), df["default"])
     sio.dump(m, d / "model.skops"); (d / "schema.json").write_text(json.dumps(schema, default=str))
     big = md.make_credit_data(a.rows, seed=1).drop(columns=["application_date", "default"])

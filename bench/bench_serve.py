@@ -40,9 +40,9 @@ def wait(url, proc, timeout=180):
 def train(d):
     "The credit model as `mlkit run train` builds it (HistGradientBoosting, 100 iterations), logged and registered as credit@champion."
     import mlflow
-    from mlkit import data as md, models as mm, tracking
+    from mlkit import checks, data as md, models as mm, tracking
     df = md.make_credit_data(5000, seed=0).drop(columns=["application_date"])
-    schema = md.infer_schema(df, target="default", id_column="id")
+    schema = checks.infer_schema(df, target="default", id_column="id")
     X, y = df.drop(columns=["default", "id"]), df["default"]
     m = mm.make_model(schema, task="binary", seed=0).fit(X, y)
     with tracking.start_run(pipeline="train", experiment="bench"):

@@ -11,7 +11,7 @@ from urllib.parse import quote
 # %% auto #0
 __all__ = ['SECRET_ENV_VARS', 'MlkitError', 'ConfigError', 'DataError', 'ModelError', 'TrackingError', 'RunnerError',
            'RegistryError', 'GateError', 'TuneError', 'ServeError', 'MonitorError', 'did_you_mean', 'redact',
-           'package_dir', 'pipelines_dir', 'limit_threads']
+           'url_origin', 'package_dir', 'pipelines_dir', 'limit_threads']
 
 # %% ../nbs/00_core.ipynb #dde78a30
 class MlkitError(Exception):
@@ -78,6 +78,14 @@ def redact(text:str, # any message, URL, log or file content
     for v in _secret_values(): text = text.replace(v, "***")
     for pattern, repl in _MASKS: text = pattern.sub(repl, text)
     return text
+
+# %% ../nbs/00_core.ipynb #c0a1b2d1
+def url_origin(url:str) -> str:
+    "`scheme://host[:port]` of `url`: all of a webhook URL that may be shown or stored (path and query may be secret)."
+    from urllib.parse import urlsplit
+    try: u = urlsplit(str(url)); port = f":{u.port}" if u.port else ""
+    except ValueError: return "<invalid URL>"
+    return f"{u.scheme}://{u.hostname}{port}" if u.scheme and u.hostname else "<invalid URL>"
 
 # %% ../nbs/00_core.ipynb #cf4935e3
 def package_dir() -> Path:

@@ -11,13 +11,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import pandas as pd
 from pydantic import Field
-from .core import MlkitError, MonitorError
+from .core import MlkitError, MonitorError, url_origin
 from .params import MonitorParams
 from .drift import (DriftParams, DriftReport, drift_report, report_payload, report_metrics, format_verdict,
                          plot_drift)
 
 # %% auto #0
-__all__ = ['parse_duration', 'read_batch', 'label_columns', 'batch_labels', 'url_origin', 'post_webhook', 'load_monitored_model',
+__all__ = ['parse_duration', 'read_batch', 'label_columns', 'batch_labels', 'post_webhook', 'load_monitored_model',
            'flagged_figures', 'report_html', 'log_report', 'retrain_and_gate', 'MonitorResult', 'check_monitor_params',
            'run_monitor', 'read_monitor_result', 'monitor_sets', 'monitor_params', 'format_result', 'webhook_warning']
 
@@ -98,14 +98,6 @@ def batch_labels(batch:pd.DataFrame, # the batch
         raise MonitorError(f"none of the batch's {len(batch)} '{id_column}' values appears in the labels; "
                            "check that they describe this batch")
     return y.set_axis(batch.index)
-
-# %% ../nbs/14a_monitor.ipynb #1a2b3c4d
-def url_origin(url:str) -> str:
-    "`scheme://host[:port]` of `url`: all of a webhook URL that may be shown or stored (path and query may be secret)."
-    from urllib.parse import urlsplit
-    try: u = urlsplit(str(url)); port = f":{u.port}" if u.port else ""
-    except ValueError: return "<invalid URL>"
-    return f"{u.scheme}://{u.hostname}{port}" if u.scheme and u.hostname else "<invalid URL>"
 
 # %% ../nbs/14a_monitor.ipynb #ab31bbcb
 def post_webhook(url:str, # http(s) URL

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast, json, os, re, socket, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir, redact
+from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir, redact, url_origin
 from .config import SCHEMAS, flatten_params, load_params, params_hash, read_yaml
 from . import lineage, record, tracking
 from .execute import (ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, output_notices, stop_on_signals,
@@ -108,8 +108,11 @@ class Resolved:
 
     @property
     def logged(self) -> dict:
-        "Flat, masked parameters for MLflow (secret fields as their `${...}` reference)."
+        "Flat, masked parameters for MLflow: a secret URL (a webhook) as its origin, any other secret as `***`."
+        from mlkit.config import secret_env
         flat = flatten_params(self.inject["params"] if self.schema else self.params)
+        for k in flat:
+            if (v := self.env.get(secret_env(k))) is not None: flat[k] = url_origin(v) if "://" in v else "***"
         return {k: redact(v) for k, v in flat.items()}
 
 # %% ../nbs/08b_runner.ipynb #8d7c112f

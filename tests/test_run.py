@@ -156,10 +156,10 @@ BAD = {
     "wrong type": (lambda t: ["--set", "evaluate.cv_folds=three"], "'evaluate.cv_folds': Input should be a valid integer", True),
     "unknown estimator": (lambda t: ["--set", "model.estimator=xgboosted"], "unknown estimator 'xgboosted'", True),
     "unknown hyperparameter": (lambda t: ["--set", "model.estimator=random_forest", "--set", "model.hyperparams.max_iter=5"], "max_iter", True),
-    "data file missing": (lambda t: ["--set", "data.source=missing.csv", "--set", "data.target=y"], "missing.csv", False),
-    "target column missing": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame())}", "--set", "data.target=label"], "label", False),
+    "data file missing": (lambda t: ["--set", "data.source=missing.csv", "--set", "data.target=y"], "missing.csv", True),
+    "target column missing": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame())}", "--set", "data.target=label"], "label", True),
     "single class": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().assign(y=1))}", "--set", "data.target=y"], "single class", False),
-    "empty data": (lambda t: ["--set", "data.source=" + _write(t, "d.csv", text=EMPTY_CSV), "--set", "data.target=y"], "empty", False),
+    "empty data": (lambda t: ["--set", "data.source=" + _write(t, "d.csv", text=EMPTY_CSV), "--set", "data.target=y"], "empty", True),
     "text in numeric column": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().astype({'a': object}).assign(a=lambda d: d.a.where(d.index != 5, 'abc')))}",
                                           "--set", "data.target=y"], "'a'", False),
     "all-NaN column": (lambda t: ["--set", f"data.source={_write(t, 'd.csv', _frame().assign(c=np.nan))}", "--set", "data.target=y"], "'c'", False),
@@ -187,8 +187,10 @@ def test_bad_input(case, tmp_path):
 @pytest.mark.slow
 def test_failed_run_keeps_partial_notebook(tmp_path):
     import mlflow
-    r = run_mlkit("run", "train", "--set", "data.source=missing.csv", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
-    assert r.returncode == 1
+    src = _write(tmp_path, "d.csv", _frame().assign(y=1))   # a single class: found only once the data is loaded, in the notebook
+    r = run_mlkit("run", "train", "--set", f"data.source={src}", "--set", "data.target=y", cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert r.returncode == 1, r.stderr
     [(run_id, status)] = _runs(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     run = mlflow.MlflowClient().get_run(run_id)

@@ -96,8 +96,8 @@ def credit_frames(n=600, seed=0):
 
 def fit_model(X, y, estimator="hist_gradient_boosting", hyperparams=None, task="binary", before=()):
     from sklearn.pipeline import Pipeline
-    from mlkit import data as md, models
-    schema = md.infer_schema(X.assign(_y=y.values), target="_y")
+    from mlkit import checks, data as md, models
+    schema = checks.infer_schema(X.assign(_y=y.values), target="_y")
     schema["task"] = task
     model = models.make_model(schema, task=task, model={"estimator": estimator, "hyperparams": hyperparams or {}}, seed=0)
     if before: model = Pipeline([*before, *model.steps])

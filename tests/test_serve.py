@@ -11,9 +11,9 @@ NAME, TOKEN = "credit", "t0ken-for-tests"
 
 def fit_credit(*, max_iter=30, seed=0, n_rows=1500):
     "(pipeline, schema, X): the credit model the way the train pipeline builds it (mlkit.models.make_model), fitted in process."
-    from mlkit import data as md, models as mm
+    from mlkit import checks, data as md, models as mm
     df = md.make_credit_data(n_rows, seed=seed).drop(columns=["application_date"])
-    schema = md.infer_schema(df, target="default", id_column="id")
+    schema = checks.infer_schema(df, target="default", id_column="id")
     X, y = df.drop(columns=["default", "id"]), df["default"]
     model = {"estimator": "hist_gradient_boosting", "hyperparams": {"max_iter": max_iter}}
     return mm.make_model(schema, task="binary", model=model, seed=seed).fit(X, y), schema, X
