@@ -176,6 +176,19 @@ def _run(cmd, *, cwd, env, timeout, what):
     return r
 
 
+def _share_dependencies(venv:Path) -> None:
+    "Let `venv` import what this test venv has installed (a .pth line after its own site-packages): no download, same versions."
+    import sysconfig
+    [site] = (venv / "lib").glob("python*/site-packages")
+    (site / "zz-test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+
+def _pinned(*names) -> list[str]:
+    "`name==version` of each package as installed here."
+    from importlib.metadata import version
+    return [f"{n}=={version(n)}" for n in names]
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
@@ -204,9 +217,17 @@ def test_a_new_project_installs_in_a_fresh_venv_passes_its_ci_trains_with_its_tr
     # the README's first command (the registry is used here, nothing else after it): a fresh venv, mlkit from this checkout, the project
     _run([sys.executable, "-m", "venv", ".venv"], cwd=d, env=_clean_env(), timeout=120, what="python -m venv")
     venv = d / ".venv" / "bin"
-    # --no-compile: skip byte-compiling ~1 GB of dependencies up front (about half of pip's CPU here); imports compile what they use
-    _run([venv / "pip", "install", "-q", "--no-compile", ROOT, "-e", ".[dev]"], cwd=d, env=_clean_env(), timeout=1200,
-         what="pip install mlkit -e .[dev]")
+    if os.environ.get("MLKIT_TEST_FRESH_INSTALL") == "1":   # the whole resolution from the index (minutes: ~1 GB of dependencies)
+        # --no-compile: skip byte-compiling the dependencies up front (about half of pip's CPU here); imports compile what they use
+        _run([venv / "pip", "install", "-q", "--no-compile", ROOT, "-e", ".[dev]"], cwd=d, env=_clean_env(), timeout=1200,
+             what="pip install mlkit -e .[dev]")
+    else:   # the same two installs, resolved against this venv's dependencies (a .pth line; `.ci/run` itself tests the resolution)
+        _share_dependencies(venv.parent)
+        _run([venv / "pip", "install", "-q", "--no-deps", "--no-build-isolation", ROOT, "-e", "."], cwd=d, env=_clean_env(),
+             timeout=600, what="pip install --no-deps mlkit -e .")
+        _run([venv / "pip", "install", "-q", "--no-deps", "--ignore-installed", *_pinned("nbdev", "pytest")], cwd=d,
+             env=_clean_env(), timeout=600, what="pip install nbdev pytest (their console scripts)")
+        _run([venv / "pip", "check"], cwd=d, env=_clean_env(), timeout=120, what="pip check")
     r = _run([venv / "python", "-c", "import mlkit; print(mlkit.__file__)"], cwd=tmp_path, env=_clean_env(), timeout=60, what="import mlkit")
     assert Path(r.stdout.strip()).is_relative_to(venv.parent), r.stdout            # an installed copy, not this checkout
     # offline from here on where the network can be cut: the project's own CI, then a training run into its own store
