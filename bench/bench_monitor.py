@@ -27,7 +27,7 @@ def make_store(home: Path) -> dict:
     from sklearn.pipeline import Pipeline
     from mlkit import tracking
     from mlkit.checks import infer_schema
-from mlkit.data import make_credit_data
+    from mlkit.data import make_credit_data
     from mlkit.evaluate import compute_metrics
     from mlkit.features import make_preprocessor
     from mlkit.profile import make_profile

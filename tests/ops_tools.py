@@ -11,6 +11,9 @@ PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 def need_binary(name:str, apt:str) -> str:
     "The path of the executable `name`; skipped with the install command when it is missing, but a failure under CI."
     path = shutil.which(name)
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):     # Debian's package, as PostgreSQL's (tests/servers.py)
+        subprocess.run(["apt-get", "install", "-y", "-q", apt], capture_output=True, timeout=900)
+        path = shutil.which(name)
     if path: return path
     msg = f"'{name}' is not installed: apt-get install -y {apt}"
     if os.environ.get("CI"): pytest.fail(msg + " (CI must install it in .ci/run)")

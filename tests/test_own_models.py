@@ -213,7 +213,7 @@ def test_lightgbm_models_hold_exactly_the_types_its_trust_declaration_allows():
     import numpy as np, skops.io as sio
     from mlkit.core import ModelError
     from mlkit.checks import infer_schema
-from mlkit.data import make_credit_data
+    from mlkit.data import make_credit_data
     from mlkit.models import make_model
     from mlkit.trust import check_model_bytes, check_types, get_allowed_types
     df = make_credit_data(400, seed=0).drop(columns=["application_date"])
