@@ -151,3 +151,41 @@ def test_values_logged_with_a_step_prune_trailing_trials(project):
     assert {tuple(m.step for m in client.get_metric_history(t.info.run_id, "rmse")) for t in pruned} == {(0,)}
     assert f"{len(pruned)} pruned" in r.stdout
     assert {t.info.status for t in trials if t not in pruned} == {"FINISHED"}
+
+
+def test_a_killed_worker_loses_no_completed_trial_and_leaves_nothing_running(project):
+    "Issue 9's done-when: 2 workers on a research notebook, one killed mid-trial; the budget is finished and the record is whole."
+    import os, signal, subprocess, time
+    from conftest import mlkit_cmd
+    from test_tune import journal_study, study_trials, wait_for
+    d, env = project
+    write_research(d / "research.ipynb", params="alpha = 1.0\ndepth = 3\nlabel = 'x'\nimport time; time.sleep(0.7)")
+    proc = subprocess.Popen(mlkit_cmd("tune", "research.ipynb", "--space", "space.yaml", "--metric", "rmse", "--direction",
+                                      "minimize", "--n-trials", "8", "--workers", "2"), cwd=d, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = "mlkit-research-tune"
+    def fresh_claim():
+        "A trial claimed a moment ago by a worker that already finished one."
+        trials = study_trials(d, name)
+        done = {t.number for t in trials if t.state.name == "COMPLETE"}
+        worked = {t.system_attrs.get("mlkit:heartbeat", {}).get("worker") for t in trials if t.number in done}
+        fresh = [t for t in trials if t.state.name == "RUNNING" and t.system_attrs.get("mlkit:heartbeat", {}).get("worker") in worked
+                 and time.time() - t.datetime_start.timestamp() < 0.4]
+        return (fresh[0], done) if fresh else None
+    try:
+        victim, complete_before = wait_for(fresh_claim, proc=proc, timeout=240, what="a worker claiming its second trial")
+        os.kill(victim.system_attrs["mlkit:heartbeat"]["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    study = journal_study(d, name)
+    by_number = {t.number: t for t in study.trials}
+    assert len(study.trials) == 8 and not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    assert by_number[victim.number].state.name == "FAIL" and "died" in by_number[victim.number].user_attrs["error"]
+    assert all(by_number[n].state.name == "COMPLETE" for n in complete_before)
+    all_runs = runs(d)
+    assert not [x for x in all_runs if x.info.status == "RUNNING"]
+    parent_id = re.search(r"^run: (\w+)$", out, re.M).group(1)
+    trials = [x for x in all_runs if x.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert len(trials) == 8 and sorted(x.info.status for x in trials).count("FAILED") == 1, [x.info.status for x in trials]
