@@ -239,7 +239,8 @@ def log_model(model, *, X_sample, schema:dict, task:str, profile:dict|None=None,
     modules = trust.read_trusted_modules(trusted_modules)
     trusted = trust.check_model(model, trusted_modules=modules)  # what a loading side with this declaration would refuse, refused now
     example = X_sample.head(5)
-    signature = infer_signature(example, model.predict(example))
+    params = {"predict_method": "predict"} if hasattr(model, "predict_proba") else None  # `params` of /invocations: MLflow's
+    signature = infer_signature(example, model.predict(example), params=params)          # clients may ask for probabilities
     meta = {"mlkit_schema": schema, "mlkit_task": task, "mlkit_profile": profile, "mlkit_metrics": metrics or {},
             "mlkit_version": package_versions(("mlkit",)).get("mlkit", "unknown"), "mlkit_trusted_modules": list(modules)}
     meta = json.loads(json.dumps(meta, default=str))
