@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 
 # %% auto #0
-__all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_demo_data', 'cli_runs', 'cli_monitor', 'cli_tune',
-           'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
+__all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_demo_data', 'cli_runs', 'cli_promote', 'cli_rollback',
+           'cli_history', 'cli_monitor', 'cli_tune', 'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
 
 # %% ../nbs/15a_commands.ipynb #24b077db
 def cli_run(args) -> int:
@@ -73,6 +73,37 @@ def cli_runs(args) -> int:
     df = runs_frame(args.experiment, sort=args.sort, limit=args.limit)
     print(format_runs(df))
     if not df.empty and args.plot: plot_runs(df, path=args.plot); print(f"plot: {args.plot}")
+    return 0
+
+# %% ../nbs/15a_commands.ipynb #283547c9
+def cli_promote(args) -> int:
+    "`mlkit promote MODEL [--version V | --run RUN] [-p FILE] [--force --reason TEXT] [--trust MODULE]`: 0 promoted, 1 refused."
+    import os
+    from mlkit.gate import format_verdict
+    from mlkit.promote import format_promotion, gate_params, promote_version
+    from mlkit.trust import read_trusted_modules
+    if getattr(args, "trust", None) is not None:   # as for serve and score: this command's declaration, over env and settings
+        os.environ["MLKIT_TRUSTED_MODULES"] = ",".join(read_trusted_modules(args.trust))
+    params, where = gate_params(path=getattr(args, "params", None), sets=getattr(args, "set", None))
+    p = promote_version(args.model, version=args.version, run_id=args.run, params=params, force=args.force,
+                        reason=args.reason, where=where)
+    print(format_verdict(p.verdict))
+    print(format_promotion(p))
+    return 0 if p.promoted else 1
+
+# %% ../nbs/15a_commands.ipynb #0422d3a1
+def cli_rollback(args) -> int:
+    "`mlkit rollback MODEL [--reason TEXT]`: point `champion` back at the previous champion."
+    from mlkit.registry import rollback_champion
+    e = rollback_champion(args.model, reason=getattr(args, "reason", None))
+    print(f"ROLLED BACK: {args.model} champion v{e['from_version']} → v{e['to_version']}")
+    return 0
+
+# %% ../nbs/15a_commands.ipynb #e1f0a033
+def cli_history(args) -> int:
+    "`mlkit history MODEL`: every alias move and gate decision, oldest first."
+    from mlkit.promote import format_history
+    print(format_history(args.model))
     return 0
 
 # %% ../nbs/15a_commands.ipynb #c0ad0m02

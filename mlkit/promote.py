@@ -15,7 +15,7 @@ from . import registry as reg
 
 # %% auto #0
 __all__ = ['choose_challenger', 'pick_challenger', 'dry_run', 'Promotion', 'promote_version', 'gate_params', 'format_promotion',
-           'format_history', 'cli_promote', 'cli_rollback', 'cli_history']
+           'format_history']
 
 # %% ../nbs/10c_promote.ipynb #6ff9683e
 def choose_challenger(name:str, *, version=None, run_id=None) -> str|None:
@@ -146,30 +146,3 @@ def format_history(name:str) -> str:
     h = reg.history_frame(name)
     if h.empty: return f"no alias moves recorded for '{name}' yet (promote a version with `mlkit promote {name}`)"
     with pd.option_context("display.max_colwidth", 60, "display.width", 200): return h.fillna("").to_string(index=False)
-
-# %% ../nbs/10c_promote.ipynb #283547c9
-def cli_promote(args) -> int:
-    "`mlkit promote MODEL [--version V | --run RUN] [-p FILE] [--force --reason TEXT] [--trust MODULE]`: 0 promoted, 1 refused."
-    import os
-    from mlkit.trust import read_trusted_modules
-    if getattr(args, "trust", None) is not None:   # as for serve and score: this command's declaration, over env and settings
-        os.environ["MLKIT_TRUSTED_MODULES"] = ",".join(read_trusted_modules(args.trust))
-    params, where = gate_params(path=getattr(args, "params", None), sets=getattr(args, "set", None))
-    p = promote_version(args.model, version=args.version, run_id=args.run, params=params, force=args.force,
-                        reason=args.reason, where=where)
-    print(format_verdict(p.verdict))
-    print(format_promotion(p))
-    return 0 if p.promoted else 1
-
-# %% ../nbs/10c_promote.ipynb #0422d3a1
-def cli_rollback(args) -> int:
-    "`mlkit rollback MODEL [--reason TEXT]`: point `champion` back at the previous champion."
-    e = reg.rollback_champion(args.model, reason=getattr(args, "reason", None))
-    print(f"ROLLED BACK: {args.model} champion v{e['from_version']} → v{e['to_version']}")
-    return 0
-
-# %% ../nbs/10c_promote.ipynb #e1f0a033
-def cli_history(args) -> int:
-    "`mlkit history MODEL`: every alias move and gate decision, oldest first."
-    print(format_history(args.model))
-    return 0
