@@ -241,9 +241,7 @@ def read_history(name:str) -> list[dict]:
     "The alias history of `name`, oldest first."
     return _entries(find_model(name))
 
-# %% ../nbs/09_registry.ipynb #91a1378c
 def _key(seq:int) -> str: return f"{HISTORY_PREFIX}{seq:06d}"
-
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 # %% ../nbs/09_registry.ipynb #97c9bd57
