@@ -11,7 +11,7 @@ from .core import RunnerError
 # %% auto #0
 __all__ = ['ENGINES', 'NOTICE_PREFIXES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'ensure_kernel', 'KernelStart',
            'KernelError', 'output_to', 'execute_in_process', 'execute_notebook', 'output_images', 'output_notices',
-           'summarize_error']
+           'relay_notices', 'summarize_error']
 
 # %% ../nbs/08_execute.ipynb #8e0c0007
 class Terminated(KeyboardInterrupt):
@@ -274,6 +274,14 @@ def output_notices(nb) -> list[str]:
             for line in "".join(o.get("text", "")).splitlines():
                 if line.startswith(NOTICE_PREFIXES): seen.setdefault(line, None)
     return list(seen)
+
+# %% ../nbs/08_execute.ipynb #8e0c002c
+def relay_notices(out:Path) -> None:
+    "Repeat on stderr the `note:`/`warning:` lines the cells of executed notebook file `out` printed (they stay in it too)."
+    if not out.exists(): return
+    try: nb = import_nbformat().read(out, as_version=4)
+    except Exception: return                 # an unreadable partial notebook: its record says more than its notes
+    for line in output_notices(nb): print(line, file=sys.stderr)
 
 # %% ../nbs/08_execute.ipynb #9bb7f81f
 def _cell_name(e, cells) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import ConfigError, RunnerError, did_you_mean, pipelines_dir, redact, url_origin
 from .config import SCHEMAS, flatten_params, load_params, params_hash, read_yaml
 from . import lineage, record, tracking
-from .execute import (ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, output_notices, stop_on_signals,
+from .execute import (ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, relay_notices, stop_on_signals,
                            summarize_error)
 from .cache import NEVER_REUSED, find_reusable, new_store, run_key
 
@@ -321,14 +321,6 @@ def _start_kernel(work:Path) -> KernelStart:
     new_store(tracking.tracking_uri())
     return KernelStart(log_path=work / "kernel.log", warmup="__import__('mlkit.record', fromlist=['_']).warm()")
 
-# %% ../nbs/08b_runner.ipynb #9de5f2e5
-def _relay_notices(out:Path) -> None:
-    "Repeat on stderr the `note:`/`warning:` lines the notebook's cells printed (they are also in the executed notebook)."
-    if not out.exists(): return
-    try: nb = import_nbformat().read(out, as_version=4)
-    except Exception: return                 # an unreadable partial notebook: its record says more than its notes
-    for line in output_notices(nb): print(line, file=sys.stderr)
-
 # %% ../nbs/08b_runner.ipynb #4b4ae17f
 def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
     "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
@@ -357,7 +349,7 @@ def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, ta
         try: done = _close(starter, idle, run_id, str(out.resolve()), str(work / "kernel.log"), status, error, tags)
         finally:
             if starter: starter.stop()
-    _relay_notices(out)
+    relay_notices(out)
     for w in done["warnings"]: print(f"warning: {w}", file=sys.stderr)
     if stop is not None:
         print(f"run {run_id} is marked KILLED ({error}); its partial executed notebook is attached", file=sys.stderr)
