@@ -188,6 +188,7 @@ def test_a_model_with_the_users_own_class_is_checked_by_the_declaration_of_the_s
         check_model(ns["LoanToIncome"]().fit(_shop_model(300)[1]), trusted_modules=["shoppkg"])
 
 
+@pytest.mark.slow
 def test_a_notebook_model_is_gated_on_its_frozen_holdout_in_process(shoppkg_on_path, tmp_mlflow, monkeypatch):
     "mlkit.log_model in a plain run (no data recipe) → the gate re-scores the rows it froze, with fairness slices by `sensitive`."
     import mlflow, mlkit

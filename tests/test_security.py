@@ -65,8 +65,8 @@ PAYLOADS = {
 DECLARED = {"user-function": "evilpkg"}  # payloads tried on a side that does trust their module (still refused: a function)
 
 def write_packages(lib:Path, markers:Path) -> None:
-    "evilpkg: a hostile package (its import, its class and its function each leave a marker); shoppkg: an honest custom transformer."
-    for pkg in ("evilpkg", "shoppkg"): (lib / pkg).mkdir(parents=True, exist_ok=True)
+    "evilpkg: a hostile package (its import, its class and its function each leave a marker); secshoppkg: an honest custom transformer."
+    for pkg in ("evilpkg", "secshoppkg"): (lib / pkg).mkdir(parents=True, exist_ok=True)
     (lib / "evilpkg" / "__init__.py").write_text(f"open({str(markers / 'imported')!r}, 'w').close()\n")
     (lib / "evilpkg" / "core.py").write_text(textwrap.dedent(f"""\
         from pathlib import Path
@@ -75,8 +75,8 @@ def write_packages(lib:Path, markers:Path) -> None:
             def __setstate__(self, state): Path({str(markers / 'user-class')!r}).write_text("ran")
         def boom(path): Path(path).write_text("ran")
         """))
-    (lib / "shoppkg" / "__init__.py").write_text("")
-    (lib / "shoppkg" / "features.py").write_text(textwrap.dedent("""\
+    (lib / "secshoppkg" / "__init__.py").write_text("")
+    (lib / "secshoppkg" / "features.py").write_text(textwrap.dedent("""\
         import numpy as np
         from sklearn.base import BaseEstimator, TransformerMixin
         class LogIncome(TransformerMixin, BaseEstimator):
@@ -233,46 +233,46 @@ def test_every_builtin_estimator_passes_the_check_and_loads(task, target, tmp_pa
 # ---------------------------------------------------------------- the user's own package
 @pytest.fixture(scope="module")
 def shop(store):
-    "A model holding the LogIncome transformer of the honest package `shoppkg`, logged where shoppkg was declared (`shop` v1)."
-    from shoppkg.features import LogIncome
+    "A model holding the LogIncome transformer of the honest package `secshoppkg`, logged where secshoppkg was declared (`shop` v1)."
+    from secshoppkg.features import LogIncome
     model, schema = fit_model(store.X, store.y, "logistic_regression", before=[("log_income", LogIncome())])
-    version = log_real("shop", model, schema, store.X, store.y, declared=["shoppkg"])
+    version = log_real("shop", model, schema, store.X, store.y, declared=["secshoppkg"])
     return SimpleNamespace(model=model, schema=schema, X=store.X, y=store.y, uri=f"models:/shop/{version}")
 
 def test_a_declared_class_logs_and_loads_and_the_declaration_is_recorded(shop):
-    loaded = tracking.load_sklearn_model(shop.uri, trusted_modules=["shoppkg"])
+    loaded = tracking.load_sklearn_model(shop.uri, trusted_modules=["secshoppkg"])
     assert loaded.predict(shop.X).tolist() == shop.model.predict(shop.X).tolist()
-    assert tracking.load_model_meta(shop.uri)["trusted_modules"] == ["shoppkg"]
+    assert tracking.load_model_meta(shop.uri)["trusted_modules"] == ["secshoppkg"]
 
 def test_an_undeclared_class_is_refused_at_log_time_and_nothing_is_registered(shop):
     import mlflow
     with pytest.raises(ModelError) as e: log_real("shop-undeclared", shop.model, shop.schema, shop.X, shop.y)
-    assert "shoppkg.features.LogIncome" in str(e.value)
-    assert "declare `shoppkg` in trusted_modules of settings.ini, $MLKIT_TRUSTED_MODULES or --trust shoppkg" in str(e.value)
+    assert "secshoppkg.features.LogIncome" in str(e.value)
+    assert "declare `secshoppkg` in trusted_modules of settings.ini, $MLKIT_TRUSTED_MODULES or --trust secshoppkg" in str(e.value)
     assert mlflow.MlflowClient().search_registered_models(filter_string="name='shop-undeclared'") == []
 
 def test_a_function_of_a_declared_module_is_refused_at_log_time(shop):
     from sklearn.preprocessing import FunctionTransformer
-    from shoppkg.features import clean
+    from secshoppkg.features import clean
     model, schema = fit_model(shop.X, shop.y, "logistic_regression", before=[("clean", FunctionTransformer(clean))])
-    with pytest.raises(ModelError, match=r"shoppkg\.features\.clean — a function of trusted `shoppkg`: only classes"):
-        log_real("shop-function", model, schema, shop.X, shop.y, declared=["shoppkg"])
+    with pytest.raises(ModelError, match=r"secshoppkg\.features\.clean — a function of trusted `secshoppkg`: only classes"):
+        log_real("shop-function", model, schema, shop.X, shop.y, declared=["secshoppkg"])
 
 def test_the_loading_side_decides_not_the_record(shop, monkeypatch, tmp_path):
-    with pytest.raises(ModelError, match=r"shoppkg\.features\.LogIncome — from a module this side does not trust: declare `shoppkg`"):
-        tracking.load_sklearn_model(shop.uri)                 # the record lists shoppkg; this side does not
-    monkeypatch.setenv("MLKIT_TRUSTED_MODULES", "shoppkg")
+    with pytest.raises(ModelError, match=r"secshoppkg\.features\.LogIncome — from a module this side does not trust: declare `secshoppkg`"):
+        tracking.load_sklearn_model(shop.uri)                 # the record lists secshoppkg; this side does not
+    monkeypatch.setenv("MLKIT_TRUSTED_MODULES", "secshoppkg")
     assert len(tracking.load_sklearn_model(shop.uri).predict(shop.X.head(5))) == 5
     with pytest.raises(ModelError, match="does not trust"): tracking.load_sklearn_model(shop.uri, trusted_modules=[])  # --trust wins
     monkeypatch.delenv("MLKIT_TRUSTED_MODULES")
-    (tmp_path / "settings.ini").write_text("[DEFAULT]\nlib_name = shop\ntrusted_modules = shoppkg\n")
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\nlib_name = shop\ntrusted_modules = secshoppkg\n")
     (tmp_path / "nbs").mkdir(); monkeypatch.chdir(tmp_path / "nbs")
     assert len(tracking.load_sklearn_model(shop.uri).predict(shop.X.head(5))) == 5   # the settings.ini of a parent folder
 
 
 def test_a_tampered_record_is_refused_at_load(shop, store):
     import mlflow
-    version = log_real("shop-tampered", shop.model, shop.schema, shop.X, shop.y, declared=["shoppkg"])
+    version = log_real("shop-tampered", shop.model, shop.schema, shop.X, shop.y, declared=["secshoppkg"])
     client = mlflow.MlflowClient()
     folder = Path(client.get_logged_model(client.get_model_version("shop-tampered", version).source[len("models:/"):]).artifact_location)
     conf = yaml.safe_load((folder / "MLmodel").read_text())
@@ -281,12 +281,12 @@ def test_a_tampered_record_is_refused_at_load(shop, store):
     (folder / "MLmodel").write_text(yaml.safe_dump(conf))
     (folder / "model.skops").write_bytes(embedded((folder / "model.skops").read_bytes(), PAYLOADS["exec"][0](store.markers / "tampered")))
     with pytest.raises(ModelError, match=r"builtins\.exec — part of Python itself"):
-        tracking.load_sklearn_model(f"models:/shop-tampered/{version}", trusted_modules=["shoppkg"])
+        tracking.load_sklearn_model(f"models:/shop-tampered/{version}", trusted_modules=["secshoppkg"])
     assert ran(store) == []
 
 
 def test_a_declaration_of_python_itself_is_refused(monkeypatch, tmp_path):
-    monkeypatch.setenv("MLKIT_TRUSTED_MODULES", "shoppkg, subprocess")
+    monkeypatch.setenv("MLKIT_TRUSTED_MODULES", "secshoppkg, subprocess")
     with pytest.raises(ConfigError, match=r"\$MLKIT_TRUSTED_MODULES declares 'subprocess': Python's own modules"):
         trust.read_trusted_modules()
     monkeypatch.delenv("MLKIT_TRUSTED_MODULES")
@@ -342,12 +342,12 @@ def test_no_command_loads_a_model_from_outside_the_store(store, cmd, uri, messag
 def test_commands_load_a_declared_user_class_and_refuse_it_undeclared(store, shop, tmp_path):
     args = ["score", "--model", shop.uri, "--input", store.batch, "--output", tmp_path / "out.csv"]
     r = run_mlkit(*args, cwd=tmp_path, env=store.env, timeout=180)
-    assert r.returncode == 2 and "shoppkg.features.LogIncome" in r.stderr and "--trust shoppkg" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "secshoppkg.features.LogIncome" in r.stderr and "--trust secshoppkg" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "out.csv").exists()
-    r = run_mlkit(*args, cwd=tmp_path, env={**store.env, "MLKIT_TRUSTED_MODULES": "shoppkg"}, timeout=180)
+    r = run_mlkit(*args, cwd=tmp_path, env={**store.env, "MLKIT_TRUSTED_MODULES": "secshoppkg"}, timeout=180)
     assert r.returncode == 0 and (tmp_path / "out.csv").exists(), r.stderr[-2000:]
     (tmp_path / "out.csv").unlink()
-    (tmp_path / "settings.ini").write_text("[DEFAULT]\ntrusted_modules = shoppkg\n")
+    (tmp_path / "settings.ini").write_text("[DEFAULT]\ntrusted_modules = secshoppkg\n")
     r = run_mlkit(*args, cwd=tmp_path, env=store.env, timeout=180)
     assert r.returncode == 0 and (tmp_path / "out.csv").exists(), r.stderr[-2000:]
     r = run_mlkit("monitor", "--model", shop.uri, "--input", store.batch, cwd=tmp_path, env=store.env, timeout=300)
