@@ -65,3 +65,38 @@ def test_import_is_light():
     code = "import sys, mlkit, mlkit.cli; bad = [m for m in ('nbdev', 'jupyterlab', 'mlflow', 'pandas', 'papermill') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"import mlkit / mlkit.cli pulled in {out}"
+
+
+def _runtime_closure(requirements:list[str]) -> set[str]:
+    "The distributions `pip install .` brings: the requirements and, recursively, what they require (extras they name included)."
+    from importlib.metadata import PackageNotFoundError, requires
+    from packaging.requirements import Requirement
+    norm = lambda n: n.lower().replace("_", "-")
+    todo, seen = [Requirement(r) for r in requirements], set()
+    while todo:
+        r = todo.pop()
+        if norm(r.name) in seen: continue
+        seen.add(norm(r.name))
+        try: deps = requires(r.name) or []
+        except PackageNotFoundError: continue
+        for d in map(Requirement, deps):
+            env = [{"extra": e} for e in (r.extras or {""})]
+            if d.marker is None or any(d.marker.evaluate(e) for e in env): todo.append(d)
+    return seen
+
+
+def test_every_module_the_package_imports_is_installed_by_pip_install_dot():
+    "`pip install -e .` (the README's first command) must bring every third-party module mlkit/*.py imports, not only `.[dev]`."
+    import ast, configparser
+    from importlib.metadata import packages_distributions
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    closure, owners = _runtime_closure(cfg["DEFAULT"]["requirements"].split()), packages_distributions()
+    missing = {}
+    for f in sorted((ROOT / "mlkit").glob("*.py")):
+        for n in ast.walk(ast.parse(f.read_text())):
+            mods = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                   [n.module] if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module else []
+            for top in {m.split(".")[0] for m in mods} - set(sys.stdlib_module_names) - {"mlkit"}:
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & closure: missing.setdefault(top, []).append(f.name)
+    assert not missing, f"imported by mlkit but not installed by `pip install .` (add to requirements in settings.ini): {missing}"
