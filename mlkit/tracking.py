@@ -110,7 +110,11 @@ def attach(run_id:str) -> str:
     active = mlflow.active_run()
     if active is None or active.info.run_id != run_id:
         while mlflow.active_run(): mlflow.end_run()
-        mlflow.start_run(run_id=run_id)
+        try: mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException as e:   # `mlflow.set_experiment` chose another experiment in this process
+            if "active experiment ID" not in str(e): raise  # (a notebook's cell, an earlier job): the run's own one wins
+            mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+            mlflow.start_run(run_id=run_id)
     _ATTACHED[:] = [run_id]
     return run_id
 
