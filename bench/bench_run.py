@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import notebook_as_script
+sys.path.insert(0, str(ROOT / "tests"))
+from notebooks import RESEARCH, notebook_text   # the research notebook the contract tests run
 
 CI = ROOT / "params" / "ci.yaml"
 
@@ -68,23 +70,6 @@ for col in top:                                   # partial dependence: one pred
 print(test["roc_auc"], cv["roc_auc"])
 '''
 
-RESEARCH = [
-    "alpha = 0.1\nseed = 0\nn = 200",
-    "import numpy as np, matplotlib.pyplot as plt, mlflow\nfrom sklearn.linear_model import Ridge",
-    "mlflow.sklearn.autolog(log_models=False, log_datasets=False)\nrng = np.random.default_rng(seed)\n"
-    "X = rng.normal(size=(n, 3)); y = X @ np.array([1.0, 2.0, 3.0]) + rng.normal(0, 0.1, n)\nm = Ridge(alpha=alpha).fit(X, y)",
-    "mlflow.log_metric('r2', m.score(X, y))\nfig, ax = plt.subplots(); ax.scatter(y, m.predict(X)); mlflow.log_figure(fig, 'diag/fit.png')\nplt.show()",
-]
-
-
-def research_notebook() -> str:
-    import nbformat
-    nb = nbformat.v4.new_notebook()
-    for i, src in enumerate(RESEARCH):
-        nb.cells.append(nbformat.v4.new_code_cell(src, metadata={"tags": ["parameters"]} if i == 0 else {}))
-    return nbformat.writes(nb)
-
-
 def timed(cmd, cwd, env=None):
     "(wall seconds, CPU seconds of the command and its children, stdout)."
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", **(env or {})}
@@ -109,7 +94,7 @@ def main(rounds: int, only: set):
     p = load_params("train", CI)
     load_data(p.data.source, n_rows=p.data.n_rows, seed=p.seed).to_csv(work / "credit.csv", index=False)
     (work / "plain_train.py").write_text(PLAIN_TRAIN)
-    (work / "research.ipynb").write_text(research_notebook())
+    (work / "research.ipynb").write_text(notebook_text(RESEARCH))
     inject = {"params": p.model_dump(mode="json")}
     (work / "train_cells.py").write_text(notebook_as_script(ROOT / "nbs" / "pipelines" / "train.ipynb", inject))
     (work / "research_cells.py").write_text(notebook_as_script(work / "research.ipynb", {}))

@@ -1,4 +1,4 @@
-"""Where the time of one `mlkit run` goes. Four views, each in a fresh working directory and store:
+"""Where the time of one `mlkit run` goes. Five views, each in a fresh working directory and store:
 
   phases    a timeline of the runner's steps (parent process) and of the kernel start, from wrappers put around the runner's functions
   parent    cProfile of the parent process (`python -m cProfile ... mlkit run ...`), top functions by cumulative time
@@ -6,7 +6,7 @@
             written to the execution's log, not shown here: see `cells`)
   cells     cProfile of the notebook's cells executed as one plain script (what the kernel spends), top functions
 
-Usage: python bench/profile_run.py [phases|parent|imports|cells] [NOTEBOOK] [mlkit run arguments ...]
+Usage: python bench/profile_run.py [phases|parent|imports|cells|steps] [NOTEBOOK] [mlkit run arguments ...]
        (defaults: phases train -p params/ci.yaml --set model_name=null). Profilers roughly double the times: compare within a view.
        A second `phases` call with `--again` runs the same command twice in one store and shows the second (reused) run.
 """
@@ -102,6 +102,51 @@ def cells(args, top=40):
     pstats.Stats(str(out)).sort_stats("cumulative").print_stats(top)
 
 
+def steps(args):
+    "CPU seconds of each step of `training.train_model`'s work on params/ci.yaml (or `-p PARAMS`), done step by step in a new process."
+    p = args[args.index("-p") + 1] if "-p" in args else str(ROOT / "params" / "ci.yaml")
+    d = tempfile.mkdtemp(prefix="mlkit-prof-")
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('sqlite:///{d}/mlflow.db').search_experiments()"],
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", _STEPS, p], cwd=d, env=_env(d), check=True)
+
+
+_STEPS = r"""
+import sys, time
+T, marks = time.process_time, []
+def mark(n, t0=[0.0]): t = T(); marks.append((n, t - t0[0])); t0[0] = t
+import numpy, pandas; mark("import numpy, pandas")
+import sklearn.compose, sklearn.ensemble; mark("import sklearn")
+import mlflow; mark("import mlflow")
+from mlkit import training, tracking, trust, evaluate as mev, profile as mprofile, registry
+from mlkit.config import load_params
+from mlkit.models import make_model
+mark("import mlkit")
+p = load_params("train", sys.argv[1]); d = training.prepare_training_data(p); mark("prepare_training_data")
+run = tracking.start_run(pipeline="train", params=p, tags=d.tags); mark("start_run (store, experiment, run)")
+pipe = make_model(d.schema, task=d.task, model=p.model, features=p.features, seed=p.seed, sample=d.X_train)
+cv = mev.cross_validate_model(pipe, d.X_train, d.y_train, task=d.task, folds=p.evaluate.cv_folds, seed=p.seed); mark("cross-validation")
+pipe.fit(d.X_train, d.y_train); mark("fit")
+out = mev.predict_outputs(pipe, d.X_test, task=d.task)
+test = mev.compute_metrics(pipe, d.X_test, d.y_test, task=d.task, outputs=out); mark("holdout: predict once, metrics")
+tracking.log_metrics({**cv, **{f"test_{k}": v for k, v in test.items()}}); mark("log metrics")
+figs = mev.make_plots(pipe, d.X_test, d.y_test, task=d.task, outputs=out); mark("make_plots")
+tracking.log_figures(figs, "plots"); mark("render and log the plots")
+e = p.evaluate
+imp, efigs = mev.explain_model(pipe, d.X_test, d.y_test, task=d.task, top=e.top_features, repeats=e.permutation_repeats, seed=p.seed,
+                               max_rows=e.max_explain_rows); mark("explain_model")
+tracking.log_figures(efigs, "explain"); mark("render and log the explanations")
+training._log_holdout(d.X_test, d.y_test, d.target); mark("holdout parquet")
+prof = mprofile.make_profile(d.X_train, schema=d.schema, target=d.y_train, classes=pipe.classes_, predictions=out.proba); mark("profile")
+trust.check_model(pipe); mark("trust.check_model (import skops.io, dumps)")
+tracking.log_model(pipe, X_sample=d.X_train, schema=d.schema, task=d.task, profile=prof, metrics=test); mark("log_model")
+if p.model_name: registry.register_version(mlflow.active_run().info.run_id, p.model_name); mark("register_version, model card")
+tracking.finish_run(); mark("finish_run")
+for n, s in marks: print(f"{s:6.2f}  {n}")
+print(f"{sum(s for _, s in marks):6.2f}  CPU seconds in all")
+"""
+
+
 def _absolute(args):
     "The arguments with paths that exist here made absolute (each view runs in a new folder)."
     return [str(Path(a).resolve()) if not a.startswith("-") and ("/" in a or a.endswith((".yaml", ".yml", ".ipynb"))) and Path(a).exists()
@@ -111,4 +156,4 @@ def _absolute(args):
 if __name__ == "__main__":
     view = sys.argv[1] if len(sys.argv) > 1 else "phases"
     rest = _absolute(sys.argv[2:]) or DEFAULT
-    {"phases": phases, "parent": parent, "imports": imports, "cells": cells}[view](rest)
+    {"phases": phases, "parent": parent, "imports": imports, "cells": cells, "steps": steps}[view](rest)

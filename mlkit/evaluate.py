@@ -5,6 +5,7 @@
 # %% ../nbs/06_evaluate.ipynb #1ff29f93
 from __future__ import annotations
 import re, sys
+from collections import namedtuple
 from pathlib import Path
 import numpy as np, pandas as pd
 from sklearn import metrics as skm
@@ -15,9 +16,9 @@ from sklearn.utils.validation import check_is_fitted
 from .core import ConfigError, DataError, ModelError, did_you_mean
 
 # %% auto #0
-__all__ = ['TASKS', 'METRICS', 'TASK_METRICS', 'check_task', 'default_metric', 'check_metric', 'metric_direction',
-           'compute_metrics', 'cross_validate_model', 'make_plots', 'save_figures', 'partial_dependence_on',
-           'explain_model']
+__all__ = ['TASKS', 'METRICS', 'TASK_METRICS', 'Outputs', 'check_task', 'default_metric', 'check_metric', 'metric_direction',
+           'predict_outputs', 'compute_metrics', 'cross_validate_model', 'make_plots', 'save_figures',
+           'partial_dependence_on', 'explain_model']
 
 # %% ../nbs/06_evaluate.ipynb #cc3da19b
 TASKS = ("binary", "multiclass", "regression")
@@ -40,6 +41,7 @@ def check_task(task:str) -> str:
         raise ConfigError(f"task must be one of {list(TASKS)}; got {task!r}{did_you_mean(task, TASKS)}")
     return task
 
+# %% ../nbs/06_evaluate.ipynb #41692bfe
 def default_metric(task:str) -> str:
     "The metric mlkit optimizes and gates on when params name none: roc_auc, f1_macro or rmse."
     return _DEFAULT_METRIC[check_task(task)]
@@ -102,6 +104,23 @@ def _predict_all(model, X, task:str, *, labels:bool=True):
     score = proba[:, 1] if proba is not None else (est.decision_function(Xt) if hasattr(est, "decision_function") else None)
     return y_pred, proba, score
 
+# %% ../nbs/06_evaluate.ipynb #271aa9d1
+Outputs = namedtuple("Outputs", "y_pred proba score")   # labels or values; class probabilities; positive-class score (or None)
+
+def predict_outputs(model, X, *, task:str) -> Outputs:
+    "What `model` predicts on `X` for `task`, computed once: labels or values, probabilities and the positive-class score."
+    check_task(task)
+    try: check_is_fitted(model)
+    except NotFittedError: raise ModelError(f"the model ({_name(model)}) is not fitted; call model.fit(X, y) on the training data first") from None
+    return Outputs(*_predict_all(model, X, task))
+
+def _outputs_for(model, X, task:str, outputs) -> Outputs:
+    "`outputs` checked against `X`, or predicted now."
+    if outputs is None: return Outputs(*_predict_all(model, X, task))
+    if len(outputs.y_pred) != len(X): raise DataError(f"outputs cover {len(outputs.y_pred)} rows but X has {len(X)}; "
+                                                      "pass the predict_outputs of this X")
+    return outputs
+
 # %% ../nbs/06_evaluate.ipynb #c30adff2
 def _nan_if_undefined(f, *args, **kw) -> float:
     try: return float(f(*args, **kw))
@@ -145,15 +164,16 @@ def compute_metrics(model,    # a fitted estimator or Pipeline taking the raw fr
                     X,        # the raw features (a DataFrame for mlkit pipelines)
                     y,        # the true target
                     *, task:str, # "binary", "multiclass" or "regression"
+                    outputs:Outputs|None=None, # `predict_outputs(model, X)` when already computed (not predicted again)
                    ) -> dict[str, float]:
     "The task's metrics for `model` on `X`, `y` as plain floats (see `TASK_METRICS`)."
     _check_inputs(model, X, y, task)
-    return _metrics(model, X, y, task)
+    return _metrics(model, X, y, task, outputs=_outputs_for(model, X, task, outputs))
 
 # %% ../nbs/06_evaluate.ipynb #53c34183
-def _metrics(model, X, y, task:str, labels:bool=True) -> dict[str, float]:
+def _metrics(model, X, y, task:str, labels:bool=True, outputs=None) -> dict[str, float]:
     y_true = np.asarray(y)
-    y_pred, proba, score = _predict_all(model, X, task, labels=labels)
+    y_pred, proba, score = outputs if outputs is not None else _predict_all(model, X, task, labels=labels)
     if task == "binary": out = _binary_metrics(y_true, y_pred, proba, score, model.classes_)
     elif task == "multiclass": out = _multiclass_metrics(y_true, y_pred, proba, model.classes_)
     else: out = _regression_metrics(y_true, y_pred)
@@ -247,12 +267,14 @@ def _regression_plots(y, y_pred) -> dict:
     return figs
 
 # %% ../nbs/06_evaluate.ipynb #df904eb1
-def make_plots(model, X, y, *, task:str) -> dict:
+def make_plots(model, X, y, *, task:str,
+               outputs:Outputs|None=None, # `predict_outputs(model, X)` when already computed (not predicted again)
+              ) -> dict:
     "Diagnostic figures for `model` on `X`, `y`, keyed by name (confusion_matrix, roc_curve, pr_curve, calibration | residuals, predicted_vs_actual)."
     _check_inputs(model, X, y, task)
     _prepare_matplotlib()
     y_true = np.asarray(y)
-    y_pred, proba, score = _predict_all(model, X, task)
+    y_pred, proba, score = _outputs_for(model, X, task, outputs)
     if task == "regression": return _regression_plots(y_true.astype(float), y_pred)
     return _classification_plots(y_true, y_pred, proba, score, model.classes_, task)
 
@@ -321,6 +343,17 @@ def _importance_figure(table:pd.DataFrame, metric:str, n:int=15):
     ax.set_xlabel(f"drop in {metric} when shuffled"); ax.set_title("Permutation importance", fontsize=9)
     return fig
 
+# %% ../nbs/06_evaluate.ipynb #f0561d1a
+def _importance_table(model, X, y, *, task:str, metric:str, repeats:int, seed:int) -> pd.DataFrame:
+    "Permutation importance of `X`'s raw columns in units of `metric` (bigger: more important), sorted."
+    from sklearn.inspection import permutation_importance
+    sign = 1 if METRICS[metric] == "maximize" else -1
+    r = permutation_importance(model, X, y, n_repeats=repeats, random_state=seed, n_jobs=1,
+                               scoring=lambda est, X_, y_: sign * _metrics(est, X_, y_, task, labels=metric not in _PROBA_METRICS)[metric])
+    cols = list(X.columns) if hasattr(X, "columns") else [f"x{i}" for i in range(X.shape[1])]
+    return (pd.DataFrame({"feature": cols, "importance_mean": r.importances_mean, "importance_std": r.importances_std})
+            .sort_values("importance_mean", ascending=False, kind="stable").reset_index(drop=True))
+
 # %% ../nbs/06_evaluate.ipynb #f0561d1b
 def explain_model(model, X, y, *, task:str,
                   top:int=5,            # partial-dependence figures for this many most important columns
@@ -332,17 +365,11 @@ def explain_model(model, X, y, *, task:str,
                   pd_rows:int=500,      # rows averaged in partial dependence
                  ) -> tuple[pd.DataFrame, dict]:
     "Permutation importance of the raw columns (feature, importance_mean, importance_std; sorted) and figures (permutation_importance, pdp_<col>)."
-    from sklearn.inspection import permutation_importance
     _check_inputs(model, X, y, task)
     metric = check_metric(metric or default_metric(task), task)
     if repeats < 1 or max_rows < 1: raise ConfigError(f"repeats and max_rows must be >= 1; got repeats={repeats}, max_rows={max_rows}")
-    sign = 1 if METRICS[metric] == "maximize" else -1
     Xs, ys = _sample(X, y, max_rows, seed)
-    r = permutation_importance(model, Xs, ys, n_repeats=repeats, random_state=seed, n_jobs=1,
-                               scoring=lambda est, X_, y_: sign * _metrics(est, X_, y_, task, labels=metric not in _PROBA_METRICS)[metric])
-    cols = list(Xs.columns) if hasattr(Xs, "columns") else [f"x{i}" for i in range(Xs.shape[1])]
-    table = (pd.DataFrame({"feature": cols, "importance_mean": r.importances_mean, "importance_std": r.importances_std})
-             .sort_values("importance_mean", ascending=False, kind="stable").reset_index(drop=True))
+    table = _importance_table(model, Xs, ys, task=task, metric=metric, repeats=repeats, seed=seed)
     if not plots or not hasattr(Xs, "columns"): return table, {}   # partial dependence needs named columns
     _prepare_matplotlib()
     figs = {"permutation_importance": _importance_figure(table, metric)}

@@ -95,6 +95,20 @@ def _profile_column(s, kind, *, n_bins, n_points, max_categories):
                     min=None if t.isna().all() else str(t.min()), max=None if t.isna().all() else str(t.max()))
     raise DataError(f"column '{s.name}' has kind '{kind}' in the schema; expected numeric, categorical, datetime or boolean")
 
+# %% ../nbs/03_profile.ipynb #fa1f369c
+def _predictions_profile(predictions, classes, **kw) -> dict:
+    "The profile of the model's outputs, with their source (proba, class, value) and the class order."
+    s, src = prediction_values(predictions, classes=classes)
+    return _profile_column(s, "numeric" if src != "class" else "categorical", **kw) | {
+        "source": src, "classes": None if classes is None else np.asarray(classes).tolist()}
+
+# %% ../nbs/03_profile.ipynb #fa1f369b
+def _target_profile(target, task:str|None, **kw) -> dict:
+    "The profile of the target: numeric for regression (or float targets when the task is unknown), categorical otherwise."
+    t = pd.Series(np.asarray(target), name="target")
+    task = task or ("regression" if t.dtype.kind == "f" else "classification")
+    return _profile_column(t, "numeric" if task == "regression" else "categorical", **kw)
+
 # %% ../nbs/03_profile.ipynb #fa1f369e
 def make_profile(X:pd.DataFrame, # the reference data (the training split), feature columns
                  *, schema:dict, # mlkit.data schema: schema["columns"][name]["kind"]
@@ -117,12 +131,6 @@ def make_profile(X:pd.DataFrame, # the reference data (the training split), feat
                 columns={c: _profile_column(X[c], cols[c]["kind"], **kw) for c in X.columns if c not in skip})
     if predictions is None and model is not None:
         predictions, classes = model_outputs(model, X if X_pred is None else X_pred, task=schema.get("task")), getattr(model, "classes_", None)
-    if predictions is not None:
-        s, src = prediction_values(predictions, classes=classes)
-        prof["predictions"] = _profile_column(s, "numeric" if src != "class" else "categorical", **kw) | {
-            "source": src, "classes": None if classes is None else np.asarray(classes).tolist()}
-    if target is not None:
-        t = pd.Series(np.asarray(target), name="target")
-        task = schema.get("task") or ("regression" if t.dtype.kind == "f" else "classification")
-        prof["target"] = _profile_column(t, "numeric" if task == "regression" else "categorical", **kw)
+    if predictions is not None: prof["predictions"] = _predictions_profile(predictions, classes, **kw)
+    if target is not None: prof["target"] = _target_profile(target, schema.get("task"), **kw)
     return prof

@@ -89,6 +89,20 @@ def _log_holdout(X_test, y_test, target:str) -> str:
     tracking.set_tags({"mlkit.eval_data": "eval/holdout.parquet", "mlkit.eval_fingerprint": fp, "mlkit.target": target})
     return fp
 
+# %% ../nbs/07b_training.ipynb #e944c923
+def _log_evaluation(model, X_test, y_test, *, task:str, evaluate, seed:int, outputs) -> tuple[dict, list, object]:
+    "Log the holdout metrics, plots and explanations of `model` (its `outputs` on `X_test` predicted once); (metrics, artifacts, importance)."
+    test = {f"test_{k}": v for k, v in mev.compute_metrics(model, X_test, y_test, task=task, outputs=outputs).items()}
+    tracking.log_metrics(test)
+    arts, importance = [], None
+    if evaluate.plots: arts += tracking.log_figures(mev.make_plots(model, X_test, y_test, task=task, outputs=outputs), "plots")
+    if evaluate.explain:
+        importance, figs = mev.explain_model(model, X_test, y_test, task=task, top=evaluate.top_features, repeats=evaluate.permutation_repeats,
+                                             seed=seed, max_rows=evaluate.max_explain_rows)
+        tracking.log_json(importance.to_dict(orient="records"), "explain/permutation_importance.json")
+        arts += tracking.log_figures(figs, "explain")
+    return test, arts, importance
+
 # %% ../nbs/07b_training.ipynb #e944c924
 def log_fitted_model(model,            # a fitted sklearn Pipeline taking the raw frame
                      *, X_train, y_train, X_test, y_test,
@@ -100,18 +114,12 @@ def log_fitted_model(model,            # a fitted sklearn Pipeline taking the ra
                      model_name:str|None=None, # register a new version of this model
                     ) -> FittedModelLog:
     "Score `model` on the holdout, log metrics, plots, explanations, the profile, the holdout and the model to the current run."
-    test = {f"test_{k}": v for k, v in mev.compute_metrics(model, X_test, y_test, task=task).items()}
-    tracking.log_metrics(test)
+    out = mev.predict_outputs(model, X_test, task=task)    # predicted once: metrics, plots and the profile share them
+    test, arts, importance = _log_evaluation(model, X_test, y_test, task=task, evaluate=evaluate, seed=seed, outputs=out)
     tracking.set_tags({"mlkit.primary_metric": primary})
-    arts, importance = [], None
-    if evaluate.plots: arts += tracking.log_figures(mev.make_plots(model, X_test, y_test, task=task), "plots")
-    if evaluate.explain:
-        importance, figs = mev.explain_model(model, X_test, y_test, task=task, top=evaluate.top_features, repeats=evaluate.permutation_repeats,
-                                             seed=seed, max_rows=evaluate.max_explain_rows)
-        tracking.log_json(importance.to_dict(orient="records"), "explain/permutation_importance.json")
-        arts += tracking.log_figures(figs, "explain")
     _log_holdout(X_test, y_test, schema.get("target") or getattr(y_test, "name", None) or "target")
-    profile = mprofile.make_profile(X_train, schema=schema, model=model, X_pred=X_test, target=y_train)
+    profile = mprofile.make_profile(X_train, schema=schema, target=y_train, classes=getattr(model, "classes_", None),
+                                    predictions=out.y_pred if out.proba is None or task == "regression" else out.proba)
     info = tracking.log_model(model, X_sample=X_train, schema=schema, task=task, profile=profile,
                               metrics={**test, "primary_metric": primary})
     version = None
