@@ -13,11 +13,12 @@ from . import lineage, record, tracking
 from .execute import (ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, relay_notices, stop_on_signals,
                            summarize_error)
 from .cache import NEVER_REUSED, find_reusable, new_store, run_key
+from .precheck import check_before_kernel
 
 # %% auto #0
 __all__ = ['DEDICATED', 'list_pipelines', 'resolve_notebook', 'read_notebook', 'is_packaged', 'pipeline_schema', 'Resolved',
-           'notebook_parameters', 'resolve_parameters', 'check_model_params', 'check_before_kernel', 'choose_engine',
-           'RunResult', 'contract_cell', 'run_notebook', 'key_metrics', 'format_result']
+           'notebook_parameters', 'resolve_parameters', 'choose_engine', 'RunResult', 'contract_cell', 'run_notebook',
+           'key_metrics', 'format_result']
 
 # %% ../nbs/08b_runner.ipynb #536c6e82
 def list_pipelines() -> list[str]:
@@ -174,30 +175,6 @@ def resolve_parameters(nb_path:Path, *, params=None, sets=(), experiment:str|Non
     exp = experiment or (effective.get("experiment") if isinstance(effective.get("experiment"), str) else None) or "mlkit"
     seed = effective.get("seed") if isinstance(effective.get("seed"), int) else None
     return Resolved(None, effective, over, exp, seed)
-
-# %% ../nbs/08b_runner.ipynb #e87972f7
-def check_model_params(params) -> None:
-    "Refuse an unknown estimator, hyperparameter or extra step before any kernel starts (for every task the params allow)."
-    m, data = getattr(params, "model", None), getattr(params, "data", None)
-    if m is None or not hasattr(m, "estimator"): return
-    from mlkit.core import ModelError
-    from mlkit.features import make_steps
-    from mlkit.models import make_estimator
-    make_steps(getattr(getattr(params, "features", None), "steps", []) or [])
-    task = getattr(data, "task", "auto")
-    errors = []
-    for t in ([task] if task != "auto" else ["binary", "regression"]):
-        try: make_estimator(m.estimator, task=t, hyperparams=m.hyperparams); return
-        except ModelError as e: errors.append(e)
-    raise errors[0]
-
-# %% ../nbs/08b_runner.ipynb #38d55dbc
-def check_before_kernel(r:Resolved) -> None:
-    "The checks of a pipeline's parameters that need no data (or only a file's header): estimator, steps, source, named columns."
-    if r.schema not in ("train", "tune"): return
-    check_model_params(r.params)
-    from mlkit.data import named_columns, precheck_data
-    precheck_data(r.params.data.source, named=named_columns(r.params))
 
 # %% ../nbs/08b_runner.ipynb #f1041495
 def choose_engine(nb_path:Path, engine:str|None=None) -> str:
