@@ -34,6 +34,7 @@ def log_params(params:dict) -> None:
     from mlkit import tracking
     active_run_id(); tracking.log_params(params)
 
+# %% ../nbs/16_api.ipynb #a9100013c
 def log_metrics(metrics:dict, *, step:int|None=None) -> None:
     "Log the finite numbers in `metrics` to the current run, in one batch; in a tuning trial, a step can prune it."
     import sys
@@ -42,10 +43,12 @@ def log_metrics(metrics:dict, *, step:int|None=None) -> None:
     tuning = sys.modules.get("mlkit.notebook_tune")  # imported only by `mlkit tune NOTEBOOK`'s workers
     if tuning is not None and step is not None: tuning.report_step(metrics, step)
 
+# %% ../nbs/16_api.ipynb #a9100013d
 def log_metric(name:str, value:float, *, step:int|None=None) -> None:
     "Log one metric to the current run."
     log_metrics({name: value}, step=step)
 
+# %% ../nbs/16_api.ipynb #a9100114b
 def log_figure(fig, path:str) -> str:
     "Log a matplotlib figure as the PNG artifact `path` of the current run; returns the path."
     import mlflow
@@ -97,6 +100,7 @@ def load_model(uri:str, **kw):
     from mlkit import tracking
     return tracking.load_sklearn_model(uri, **kw)
 
+# %% ../nbs/16_api.ipynb #a9100019a
 def run_notebook(notebook, **kw):
     "Execute `notebook` as one MLflow run (see `mlkit.runner.run_notebook`)."
     from mlkit.runner import run_notebook as _run

@@ -32,6 +32,10 @@ COMMANDS = {
         (("run_id",), dict(metavar="RUN_ID", help="the run to reproduce")),
         (("--tolerance",), dict(type=float, default=1e-9, help="largest metric difference still counted as identical (default: 1e-9)")),
         (("--engine",), dict(choices=["kernel", "inprocess"], default="kernel", help="run the cells in a Jupyter kernel (default) or in this process"))),
+}
+
+# %% ../nbs/15_cli.ipynb #7c37ff06
+COMMANDS.update({
     "params": _cmd("mlkit.commands:cli_params", "print a pipeline's parameters with their defaults and documentation, as YAML",
         (("pipeline",), dict(help="pipeline name")), _PARAMS, _SET),
     "pipelines": _cmd("mlkit.commands:cli_pipelines", "list the pipeline notebooks shipped with mlkit"),
@@ -45,6 +49,10 @@ COMMANDS = {
         (("--shift",), dict(choices=["covariate", "prior", "concept"], help="make a shifted batch")),
         (("--strength",), dict(type=float, default=1.0, help="shift strength (default: 1.0)")),
         (("--labels",), dict(metavar="LABELS_FILE", help="write the target here (id, default) instead of in OUTPUT"))),
+})
+
+# %% ../nbs/15_cli.ipynb #7c37ff07
+COMMANDS.update({
     "tune": _cmd("mlkit.commands:cli_tune", "hyperparameter search: an Optuna study run by parallel workers, over mlkit's estimators or a notebook's own parameters",
         (("notebook",), dict(nargs="?", metavar="NOTEBOOK", help="a notebook of your own (.ipynb) to tune over its declared parameters "
                              "(with --space and --metric); without it: the built-in search over estimators")),
@@ -58,6 +66,10 @@ COMMANDS = {
         (("--sort",), dict(metavar="METRIC", help="sort by this metric (best first)")),
         (("--limit",), dict(type=int, default=20, help="at most this many runs (default: 20)")),
         (("--plot",), dict(metavar="FILE.png", help="also write a comparison plot"))),
+})
+
+# %% ../nbs/15_cli.ipynb #7c37ff08
+COMMANDS.update({
     "promote": _cmd("mlkit.commands:cli_promote", "gate a challenger against the champion and move `champion` if it passes",
         (("model",), dict(help="registered model name")),
         (("--version",), dict(help="challenger version (default: the newest)")), (("--run",), dict(help="challenger run id (its model is registered)")),
@@ -69,6 +81,10 @@ COMMANDS = {
     "rollback": _cmd("mlkit.commands:cli_rollback", "restore the previous champion",
         (("model",), dict(help="registered model name")), (("--reason",), dict(help="why (recorded in the history)"))),
     "history": _cmd("mlkit.commands:cli_history", "show every alias move of a registered model", (("model",), dict(help="registered model name"))),
+})
+
+# %% ../nbs/15_cli.ipynb #7c37ff09
+COMMANDS.update({
     "serve": _cmd("mlkit.commands:cli_serve", "serve a model over HTTP (MLflow's /invocations, the V2 protocol, /predict, /metrics, ...)",
         options="mlkit.params:ServeParams"),
     "score": _cmd("mlkit.commands:cli_score", "batch-score a CSV/Parquet file in bounded memory", options="mlkit.params:ScoreParams"),
@@ -76,7 +92,7 @@ COMMANDS = {
         _PARAMS, _SET,
         (("--from-log",), dict(dest="from_log", nargs="?", const="prediction_log", default=None, metavar="LOG_DIR", help="read the serving prediction log (default folder: prediction_log)")),
         schema="monitor", flags=("model", "input", "since", "labels", "webhook", "pushgateway", "retrain")),
-}
+})
 
 # %% ../nbs/15_cli.ipynb #5a1c0001
 def _field(schema, path:str):
@@ -121,8 +137,8 @@ def _command_of(argv) -> str|None:
 
 def make_parser(argv=()) -> argparse.ArgumentParser:
     "The `mlkit` argument parser, with the arguments of the subcommand named in `argv`."
-    p = argparse.ArgumentParser(prog="mlkit", description="mlkit: from research notebook to production job. "
-                                "Notebooks run with papermill and are tracked in MLflow (default store: ./mlflow.db, or $MLFLOW_TRACKING_URI).")
+    p = argparse.ArgumentParser(prog="mlkit", description="mlkit: from research notebook to production job. Notebooks run with "
+                                "papermill and are tracked in MLflow (default store: ./mlflow.db, or $MLFLOW_TRACKING_URI).")
     p.add_argument("--version", action="store_true", dest="show_version", help="print mlkit's version")
     sub, chosen = p.add_subparsers(dest="command", metavar="COMMAND"), _command_of(argv)
     for name, c in COMMANDS.items():
@@ -132,13 +148,16 @@ def make_parser(argv=()) -> argparse.ArgumentParser:
         for flags, kw in c["args"]: sp.add_argument(*flags, **kw)
         for path in c["flags"]: sp.add_argument(*_flag_args(c["schema"], path)[0], **_flag_args(c["schema"], path)[1])
         if c["options"]:
-            for name, f in _option_schema(c["options"]).model_fields.items(): sp.add_argument(*_option_args(name, f)[0], **_option_args(name, f)[1])
+            for name, f in _option_schema(c["options"]).model_fields.items():
+                sp.add_argument(*_option_args(name, f)[0], **_option_args(name, f)[1])
     return p
 
+# %% ../nbs/15_cli.ipynb #79ea9278
 def parse_args(argv) -> argparse.Namespace:
     "Parsed arguments; the dedicated flags given are turned into `--set` items, ahead of the explicit ones."
     args = make_parser(argv).parse_args(argv)
-    flags = [f"{p}={getattr(args, f'_flag_{p}')}" for p in getattr(args, "_flags", ()) if getattr(args, f"_flag_{p}", None) is not None]
+    given = getattr(args, "_flags", ())
+    flags = [f"{p}={getattr(args, f'_flag_{p}')}" for p in given if getattr(args, f"_flag_{p}", None) is not None]
     if flags or hasattr(args, "set"): args.set = flags + list(getattr(args, "set", None) or [])
     return args
 

@@ -41,6 +41,7 @@ def _options(args, schema) -> dict:
         os.environ["MLKIT_TRUSTED_MODULES"] = ",".join(read_trusted_modules(opts["trust"]))
     return opts
 
+# %% ../nbs/15a_commands.ipynb #c0ad0s02c
 def cli_serve(args) -> int:
     "`mlkit serve [--model URI] [--host H --port P] ...`: serve a registered model over HTTP until stopped."
     from mlkit.params import ServeParams
@@ -48,6 +49,7 @@ def cli_serve(args) -> int:
     serve(**_options(args, ServeParams))
     return 0
 
+# %% ../nbs/15a_commands.ipynb #c0ad0s02d
 def cli_score(args) -> int:
     "`mlkit score --input IN --output OUT [--model URI]`: batch-score a file; prints the summary as JSON."
     import json
@@ -55,7 +57,8 @@ def cli_score(args) -> int:
     from mlkit.score import score
     summary = score(**_options(args, ScoreParams))
     print(json.dumps(summary))
-    if summary["rejected"]: print(f"{summary['rejected']} row(s) could not be scored; see {summary['rejected_file']}", file=sys.stderr)
+    if summary["rejected"]:
+        print(f"{summary['rejected']} row(s) could not be scored; see {summary['rejected_file']}", file=sys.stderr)
     return 0
 
 # %% ../nbs/15a_commands.ipynb #c0ad0d02
@@ -67,6 +70,7 @@ def cli_demo_data(args) -> int:
           + (f" (shift: {args.shift}, strength {args.strength})" if args.shift else ""))
     return 0
 
+# %% ../nbs/15a_commands.ipynb #c0ad0d02c
 def cli_runs(args) -> int:
     "`mlkit runs [--experiment E] [--sort M] [--limit N] [--plot FILE.png]`: the runs table (and a comparison plot)."
     from mlkit.runs import format_runs, plot_runs, runs_frame
@@ -94,7 +98,7 @@ def cli_promote(args) -> int:
 # %% ../nbs/15a_commands.ipynb #0422d3a1
 def cli_rollback(args) -> int:
     "`mlkit rollback MODEL [--reason TEXT]`: point `champion` back at the previous champion."
-    from mlkit.registry import rollback_champion
+    from mlkit.history import rollback_champion
     e = rollback_champion(args.model, reason=getattr(args, "reason", None))
     print(f"ROLLED BACK: {args.model} champion v{e['from_version']} → v{e['to_version']}")
     return 0
@@ -155,6 +159,7 @@ def cli_params(args) -> int:
     print(render_params(load_params(args.pipeline, args.params, args.set)))
     return 0
 
+# %% ../nbs/15a_commands.ipynb #c0ad0010a
 def cli_pipelines(args) -> int:
     "`mlkit pipelines`: the shipped pipeline notebooks."
     from mlkit.core import pipelines_dir
@@ -162,6 +167,7 @@ def cli_pipelines(args) -> int:
     for name in list_pipelines(): print(f"{name:<12} {pipelines_dir() / (name + '.ipynb')}")
     return 0
 
+# %% ../nbs/15a_commands.ipynb #c0ad0010c
 def cli_kernel(args) -> int:
     "`mlkit kernel`: register the project's Jupyter kernel."
     from mlkit.execute import ensure_kernel

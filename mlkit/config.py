@@ -266,9 +266,11 @@ def secret_paths(schema:type[BaseModel], prefix:str="") -> list[str]:
     out = []
     for name, f in schema.model_fields.items():
         if (f.json_schema_extra or {}).get("secret"): out.append(prefix + name)
-        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel): out += secret_paths(f.annotation, f"{prefix}{name}.")
+        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            out += secret_paths(f.annotation, f"{prefix}{name}.")
     return out
 
+# %% ../nbs/01_config.ipynb #5ec0a002b
 def secret_env(path:str) -> str:
     "The environment variable that carries secret field `path` to a notebook."
     return "MLKIT_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", path).upper()

@@ -18,26 +18,34 @@ class MlkitError(Exception):
     "Base of every error mlkit raises for a user's mistake: the message says what was expected, what arrived, and the fix."
     exit_code = 2
 
+# %% ../nbs/00_core.ipynb #dde78a33
 class ConfigError(MlkitError): "A params file, `--set` override or CLI flag is invalid."
 
+# %% ../nbs/00_core.ipynb #dde78a34
 class DataError(MlkitError): "A dataset is missing, unreadable, or does not fit the task or schema."
 
+# %% ../nbs/00_core.ipynb #dde78a35
 class ModelError(MlkitError): "An estimator name, hyperparameter or model URI is invalid."
 
 # %% ../nbs/00_core.ipynb #de091554
 class TrackingError(MlkitError): "The MLflow store cannot be reached or holds something unexpected."
 
+# %% ../nbs/00_core.ipynb #de091555
 class RunnerError(MlkitError): "A pipeline notebook could not be run, or one of its cells failed."
 
+# %% ../nbs/00_core.ipynb #de091556
 class RegistryError(MlkitError): "A registered model, version, alias or run is missing or inconsistent."
 
+# %% ../nbs/00_core.ipynb #de091557
 class GateError(MlkitError): "A promotion gate is misconfigured."
 
+# %% ../nbs/00_core.ipynb #de091558
 class TuneError(MlkitError): "A search space, study or storage is invalid."
 
 # %% ../nbs/00_core.ipynb #2ff2fe5f
 class ServeError(MlkitError): "The service cannot start with the given model or options."
 
+# %% ../nbs/00_core.ipynb #2ff2fe5b
 class MonitorError(MlkitError): "A monitoring batch, log or reference profile is unusable."
 
 # %% ../nbs/00_core.ipynb #9847a34e
@@ -92,6 +100,7 @@ def package_dir() -> Path:
     "The installed `mlkit` package folder."
     return Path(importlib.util.find_spec("mlkit").origin).resolve().parent
 
+# %% ../nbs/00_core.ipynb #cf4935e5
 def pipelines_dir() -> Path:
     "The folder holding the pipeline notebooks shipped with mlkit."
     return package_dir() / "pipelines"

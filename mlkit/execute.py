@@ -144,12 +144,15 @@ def evaluate(self:KernelStart, expression:str, timeout:float=600) -> str:
     return answer.get("data", {}).get("text/plain", "")
 
 # %% ../nbs/08_execute.ipynb #8e0c0015
-_SHELL = []
+_SHELL = []   # [the shell, the IPython instance current once it was made, the process it was made in]
 
 def _shell():
-    "The process's CaptureShell, created once and reset for each notebook."
+    "The process's CaptureShell, reset for each notebook; made anew in another process or under another IPython instance."
     from execnb.shell import CaptureShell
-    if not _SHELL: _SHELL.append(CaptureShell())
+    from IPython import get_ipython
+    if not _SHELL or _SHELL[2] != os.getpid() or get_ipython() is not _SHELL[1]:
+        shell = CaptureShell()   # outside a notebook it becomes the current IPython instance
+        _SHELL[:] = [shell, get_ipython(), os.getpid()]
     else: _SHELL[0].reset(new_session=False)
     return _SHELL[0]
 

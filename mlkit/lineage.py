@@ -136,14 +136,19 @@ def lineage_tags(*, pipeline:str, params=None, data_fingerprint:str|None=None, s
 
 # %% ../nbs/06a_lineage.ipynb #98c17898
 def _dvc_command() -> str|None:
+    "The `dvc` command beside this Python, else on PATH; None when DVC is not installed."
     beside = Path(sys.executable).parent / "dvc"
     return str(beside) if beside.exists() else shutil.which("dvc")
 
+# %% ../nbs/06a_lineage.ipynb #98c1789b
 def _run_dvc(dvc:str, root:Path, *args) -> subprocess.CompletedProcess:
+    "`dvc *args` run in `root`; DataError when it cannot be started."
     try: return subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.SubprocessError) as e: raise DataError(f"`dvc {' '.join(args)}` could not run: {redact(str(e))}") from None
+    except (OSError, subprocess.SubprocessError) as e:
+        raise DataError(f"`dvc {' '.join(args)}` could not run: {redact(str(e))}") from None
 
 def _why(r) -> str:
+    "The last three lines a failed command wrote (redacted), else its exit code."
     lines = [l.strip() for l in (r.stderr or r.stdout or "").splitlines() if l.strip()]
     return redact(" ".join(lines[-3:]))[:400] or f"exit {r.returncode}"
 

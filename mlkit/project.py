@@ -18,6 +18,7 @@ __all__ = ['ProjectError', 'template_dir', 'suggest_package', 'check_package_nam
 class ProjectError(MlkitError):
     "`mlkit new` cannot make a project in that folder or with that package name."
 
+# %% ../nbs/14c_project.ipynb #c14c0006b
 def template_dir() -> Path:
     "The project template shipped inside mlkit."
     return package_dir() / "templates" / "project"

@@ -12,6 +12,7 @@ from .config import load_params
 from .gate import GateVerdict, PromoteParams, format_verdict
 from .rescore import Candidate, evaluate_gate, load_candidate
 from . import registry as reg
+from .history import history_frame
 
 # %% auto #0
 __all__ = ['choose_challenger', 'pick_challenger', 'dry_run', 'Promotion', 'promote_version', 'gate_params', 'format_promotion',
@@ -143,6 +144,6 @@ def format_promotion(p:Promotion) -> str:
 # %% ../nbs/10c_promote.ipynb #e1f0a032
 def format_history(name:str) -> str:
     "The alias history of `name` as a table (or a hint when nothing was recorded yet)."
-    h = reg.history_frame(name)
+    h = history_frame(name)
     if h.empty: return f"no alias moves recorded for '{name}' yet (promote a version with `mlkit promote {name}`)"
     with pd.option_context("display.max_colwidth", 60, "display.width", 200): return h.fillna("").to_string(index=False)

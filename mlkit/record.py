@@ -11,14 +11,13 @@ from . import tracking
 from .execute import import_nbformat, output_images
 
 # %% auto #0
-__all__ = ['pid_start', 'create_run', 'open_run', 'reap_orphans', 'close_run', 'log_images', 'warm']
+__all__ = ['pid_start', 'create_run', 'open_run', 'reap_orphans', 'log_images', 'close_run', 'warm']
 
 # %% ../nbs/08ab_record.ipynb #65d5b1bf
 def pid_start(pid:int) -> str:
     "When process `pid` started (clock ticks since boot, from /proc), '' where unknown: a pid reused later has another start."
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError): return ""
-
 
 # %% ../nbs/08ab_record.ipynb #e91a1ecd
 def create_run(*, experiment:str, run_name:str, tags:dict, params:dict, parent_run_id:str|None=None) -> str:
@@ -65,6 +64,13 @@ def reap_orphans() -> list[str]:
     return out
 
 # %% ../nbs/08ab_record.ipynb #6ebf2640
+def log_images(client, run_id:str, nb) -> None:
+    "Log the images shown in executed notebook `nb` under `figures/`."
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in output_images(nb).items(): (Path(d) / name).write_bytes(data)
+        if any(Path(d).iterdir()): client.log_artifacts(run_id, d, "figures")
+
+# %% ../nbs/08ab_record.ipynb #6ebf2642
 def close_run(run_id:str, out:str, log:str, status:str, error:str|None=None, tags:dict|None=None) -> dict:
     "Attach executed notebook `out`, its figures and log `log` to `run_id`, set `status`; its metrics, tags, experiment and warnings."
     import mlflow
@@ -72,8 +78,8 @@ def close_run(run_id:str, out:str, log:str, status:str, error:str|None=None, tag
     from mlflow.entities import RunTag
     tracking.detach()                # the execution attached this process to the run: the status is set here, not by MLflow
     client, out, log, warnings = mlflow.MlflowClient(tracking.configure()), Path(out), Path(log), []
-    steps = [("tags", lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in
-                                                             {"mlkit.status": status, **({"mlkit.error": redact(error)} if error else {}), **(tags or {})}.items()])),
+    tags = {"mlkit.status": status, **({"mlkit.error": redact(error)} if error else {}), **(tags or {})}
+    steps = [("tags", lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])),
              ("notebook", lambda: out.exists() and client.log_artifact(run_id, str(out), "notebook")),
              ("figures", lambda: out.exists() and log_images(client, run_id, nbformat.read(str(out), as_version=4))),
              ("kernel log", lambda: log.exists() and client.log_artifact(run_id, str(log), "notebook"))]
@@ -83,13 +89,8 @@ def close_run(run_id:str, out:str, log:str, status:str, error:str|None=None, tag
             except Exception as e: warnings.append(f"could not attach the {what} to run {run_id}: {str(e).splitlines()[0][:200]}")
     finally: client.set_terminated(run_id, status)
     run = client.get_run(run_id)
-    return {"metrics": dict(run.data.metrics), "tags": dict(run.data.tags), "experiment_id": run.info.experiment_id, "warnings": warnings}
-
-def log_images(client, run_id:str, nb) -> None:
-    "Log the images shown in executed notebook `nb` under `figures/`."
-    with tempfile.TemporaryDirectory() as d:
-        for name, data in output_images(nb).items(): (Path(d) / name).write_bytes(data)
-        if any(Path(d).iterdir()): client.log_artifacts(run_id, d, "figures")
+    return {"metrics": dict(run.data.metrics), "tags": dict(run.data.tags), "experiment_id": run.info.experiment_id,
+            "warnings": warnings}
 
 # %% ../nbs/08ab_record.ipynb #b31f4951
 def warm() -> None:

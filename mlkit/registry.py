@@ -14,8 +14,7 @@ from .tracking import configure, tracking_failure, tracking_uri
 __all__ = ['CLAIM_MARK', 'ALIASES', 'MOVE_LEASE', 'HISTORY_PREFIX', 'get_client', 'is_claim', 'find_model', 'find_version',
            'find_run', 'run_model_uri', 'md_table', 'make_model_card', 'log_model_card', 'read_model_card',
            'version_lineage', 'annotate_version', 'register_version', 'newest_version', 'get_alias', 'set_alias',
-           'delete_alias', 'claim_name', 'current_user', 'read_history', 'ChampionChanged', 'move_champion',
-           'champion_stack', 'rollback_champion', 'history_frame']
+           'delete_alias', 'claim_name', 'current_user', 'read_history', 'ChampionChanged', 'move_champion']
 
 # %% ../nbs/09_registry.ipynb #89373f9d
 class _Client:
@@ -207,6 +206,7 @@ def get_alias(name:str, alias:str="champion"):
     v = get_client().get_registered_model(name).aliases.get(alias)
     return find_version(name, v) if v is not None else None
 
+# %% ../nbs/09_registry.ipynb #c54432ee
 def set_alias(name:str, alias:str, version:str|int) -> None:
     "Point `alias` of `name` at `version` (use `move_champion` for `champion`: it keeps the history)."
     find_version(name, version)
@@ -228,21 +228,23 @@ def claim_name(name:str, seq:int) -> str:
     return f"{base}{CLAIM_MARK}{seq:06d}"
 
 # %% ../nbs/09_registry.ipynb #b138758f
-HISTORY_PREFIX = "mlkit.history."
-
 def current_user() -> str:
     "Who is acting: `$MLKIT_USER`, else the MLflow user `$MLFLOW_TRACKING_USERNAME`, else the login name."
     return os.environ.get("MLKIT_USER") or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
+# %% ../nbs/09_registry.ipynb #b138758c
+HISTORY_PREFIX = "mlkit.history."
+
+def _key(seq:int) -> str: return f"{HISTORY_PREFIX}{seq:06d}"
+def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+# %% ../nbs/09_registry.ipynb #b138758e
 def _entries(rm) -> list[dict]:
     return [json.loads(rm.tags[k]) for k in sorted(k for k in rm.tags if k.startswith(HISTORY_PREFIX))]
 
 def read_history(name:str) -> list[dict]:
     "The alias history of `name`, oldest first."
     return _entries(find_model(name))
-
-def _key(seq:int) -> str: return f"{HISTORY_PREFIX}{seq:06d}"
-def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 # %% ../nbs/09_registry.ipynb #97c9bd57
 class ChampionChanged(RegistryError):
@@ -360,41 +362,3 @@ def move_champion(name:str, to_version:str|int|None, *, expected_from:str|int|No
         return {"action": action, "from_version": current, "to_version": target, "verdict": verdict, "metrics": metrics or {},
                 "challenger": str(challenger if challenger is not None else target), "reason": reason, **extra}
     return _commit(name, decide)
-
-# %% ../nbs/09_registry.ipynb #d9a9544e
-def champion_stack(history:list[dict]) -> list[str]:
-    "Champion versions still on the rollback stack, oldest first."
-    stack = []
-    for h in history:
-        if h["action"] in ("promote", "force", "external") and h["to_version"] is not None: stack.append(h["to_version"])
-        elif h["action"] == "rollback" and stack: stack.pop()
-    return stack
-
-# %% ../nbs/09_registry.ipynb #2128bad8
-def rollback_champion(name:str, *, reason:str|None=None) -> dict:
-    "Point `champion` back at the previous champion recorded in the history; returns the history entry."
-    seen = []
-    def decide(current, hist):
-        if seen and current != seen[0]:
-            raise ChampionChanged(f"champion of '{name}' moved to version {current} while this rollback was prepared: "
-                                  f"{_last_move(hist)}; nothing was rolled back; run `mlkit rollback {name}` again if it should still go back")
-        seen.append(current)
-        stack = champion_stack(hist)
-        if len(stack) < 2:
-            raise RegistryError(f"'{name}' has no previous champion to roll back to (champion history: {stack or 'empty'}); promote a version instead")
-        find_version(name, stack[-2])
-        return {"action": "rollback", "from_version": current, "to_version": stack[-2], "challenger": stack[-2],
-                "verdict": "n/a", "metrics": {}, "reason": reason}
-    return _commit(name, decide)
-
-# %% ../nbs/09_registry.ipynb #cafa7793
-def history_frame(name:str) -> pd.DataFrame:
-    "The alias history of `name` as a table, one row per entry."
-    cols = ["seq", "when", "who", "action", "from_version", "to_version", "challenger", "verdict", "primary", "reason"]
-    rows = []
-    for h in read_history(name):
-        m = h.get("metrics") or {}
-        prim = m.get("primary")
-        txt = f"{prim}: {m['challenger'].get(prim):.4f}" if prim and isinstance(m.get("challenger"), dict) and m["challenger"].get(prim) is not None else ""
-        rows.append({**{c: h.get(c) for c in cols}, "primary": txt})
-    return pd.DataFrame(rows, columns=cols)

@@ -122,6 +122,18 @@ def _changed_data(rec:Record, cwd:Path) -> list[str]:
     inputs = json.loads(rec.run.data.tags.get("mlkit.cache_inputs", "{}"))
     return data_differences(inputs, data_files(rec.params.get("effective", rec.params["params"]), cwd))
 
+# %% ../nbs/08c_reproduce.ipynb #ep000017a
+def _check_data(rec:Record, cwd:Path, notes:list) -> None:
+    "Restore the run's DVC data version when its data changed (noted in `notes`); RunnerError when the data still differs."
+    t = rec.run.data.tags
+    changed = _changed_data(rec, cwd)
+    if changed and t.get("mlkit.data.dvc_md5"):          # a DVC data version: restore it, then look again
+        notes.append(f"restored {lineage.checkout_data(t, root=cwd)} to the DVC version the run used ({t['mlkit.data.dvc_md5']})")
+        changed = _changed_data(rec, cwd)
+    if changed:
+        raise RunnerError(f"cannot reproduce run {rec.run.info.run_id}: " + "; ".join(changed)
+                          + "; restore the data (e.g. `dvc checkout`) or train anew")
+
 # %% ../nbs/08c_reproduce.ipynb #ep000017
 def reproduce_run(run_id:str, *, tolerance:float=1e-9, engine:str="kernel") -> Reproduction:
     "Re-execute run `run_id` from its record as a new, linked run and compare their metrics."
@@ -132,12 +144,7 @@ def reproduce_run(run_id:str, *, tolerance:float=1e-9, engine:str="kernel") -> R
     notes += package_differences(json.loads(t.get("mlkit.packages", "{}")), lineage.package_versions())
     cwd = Path(t.get("mlkit.cwd") or os.getcwd())
     given = rec.params["params"]
-    changed = _changed_data(rec, cwd)
-    if changed and t.get("mlkit.data.dvc_md5"):          # a DVC data version: restore it, then look again
-        notes.append(f"restored {lineage.checkout_data(t, root=cwd)} to the DVC version the run used ({t['mlkit.data.dvc_md5']})")
-        changed = _changed_data(rec, cwd)
-    if changed:
-        raise RunnerError(f"cannot reproduce run {run_id}: " + "; ".join(changed) + "; restore the data (e.g. `dvc checkout`) or train anew")
+    _check_data(rec, cwd, notes)
     nb, wt = _code_for(rec, notes)
     old_cwd, old_path = os.getcwd(), os.environ.get("PYTHONPATH")
     try:

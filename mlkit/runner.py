@@ -13,11 +13,12 @@ from . import lineage, record, tracking
 from .execute import (ENGINES, KernelError, KernelStart, execute_notebook, import_nbformat, relay_notices, stop_on_signals,
                            summarize_error)
 from .cache import NEVER_REUSED, find_reusable, new_store, run_key
+from .precheck import check_before_kernel
 
 # %% auto #0
 __all__ = ['DEDICATED', 'list_pipelines', 'resolve_notebook', 'read_notebook', 'is_packaged', 'pipeline_schema', 'Resolved',
-           'notebook_parameters', 'resolve_parameters', 'check_model_params', 'check_before_kernel', 'choose_engine',
-           'RunResult', 'contract_cell', 'run_notebook', 'key_metrics', 'format_result']
+           'notebook_parameters', 'resolve_parameters', 'choose_engine', 'RunResult', 'contract_cell', 'run_notebook',
+           'key_metrics', 'format_result']
 
 # %% ../nbs/08b_runner.ipynb #536c6e82
 def list_pipelines() -> list[str]:
@@ -44,9 +45,10 @@ def read_notebook(path:Path):
     "The notebook at `path` as a NotebookNode; RunnerError when it is not a notebook."
     try: return import_nbformat().read(str(path), as_version=4)
     except Exception as e:
-        raise RunnerError(f"'{path}' is not a readable Jupyter notebook ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                          "open and save it in JupyterLab") from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        raise RunnerError(f"'{path}' is not a readable Jupyter notebook ({why}); open and save it in JupyterLab") from None
 
+# %% ../nbs/08b_runner.ipynb #8d7c1125
 def is_packaged(nb_path:Path) -> bool:
     "Whether `nb_path` is one of the pipeline notebooks shipped with mlkit."
     return Path(nb_path).resolve().parent == pipelines_dir().resolve()
@@ -174,30 +176,6 @@ def resolve_parameters(nb_path:Path, *, params=None, sets=(), experiment:str|Non
     seed = effective.get("seed") if isinstance(effective.get("seed"), int) else None
     return Resolved(None, effective, over, exp, seed)
 
-# %% ../nbs/08b_runner.ipynb #e87972f7
-def check_model_params(params) -> None:
-    "Refuse an unknown estimator, hyperparameter or extra step before any kernel starts (for every task the params allow)."
-    m, data = getattr(params, "model", None), getattr(params, "data", None)
-    if m is None or not hasattr(m, "estimator"): return
-    from mlkit.core import ModelError
-    from mlkit.features import make_steps
-    from mlkit.models import make_estimator
-    make_steps(getattr(getattr(params, "features", None), "steps", []) or [])
-    task = getattr(data, "task", "auto")
-    errors = []
-    for t in ([task] if task != "auto" else ["binary", "regression"]):
-        try: make_estimator(m.estimator, task=t, hyperparams=m.hyperparams); return
-        except ModelError as e: errors.append(e)
-    raise errors[0]
-
-# %% ../nbs/08b_runner.ipynb #38d55dbc
-def check_before_kernel(r:Resolved) -> None:
-    "The checks of a pipeline's parameters that need no data (or only a file's header): estimator, steps, source, named columns."
-    if r.schema not in ("train", "tune"): return
-    check_model_params(r.params)
-    from mlkit.data import named_columns, precheck_data
-    precheck_data(r.params.data.source, named=named_columns(r.params))
-
 # %% ../nbs/08b_runner.ipynb #f1041495
 def choose_engine(nb_path:Path, engine:str|None=None) -> str:
     "The engine asked for, else 'inprocess' for a pipeline shipped with mlkit and 'kernel' for a notebook of your own."
@@ -280,6 +258,26 @@ def _close(starter:KernelStart|None, idle:bool, *args) -> dict:
     if stopped is not None: raise stopped
     return done
 
+# %% ../nbs/08b_runner.ipynb #9de5f2e1
+def _check_target(notebook:str|Path, timeout:int|None) -> Path:
+    "The resolved notebook `run_notebook` was given; ConfigError for a bad `timeout`, RunnerError for a worker notebook."
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+        raise ConfigError(f"--timeout must be a whole number of seconds ≥ 1 per cell, got {timeout!r}; e.g. --timeout 1800")
+    nb_path = resolve_notebook(str(notebook))
+    if nb_path.stem in DEDICATED and is_packaged(nb_path):
+        raise RunnerError(f"the '{nb_path.stem}' notebook is a worker started by its own command: run `{DEDICATED[nb_path.stem]}`")
+    return nb_path
+
+# %% ../nbs/08b_runner.ipynb #9de5f2e5
+def _read_resolved(nb_path:Path, starter:KernelStart|None, **kw) -> tuple:
+    "(notebook, resolved parameters) of `nb_path`; the kernel started meanwhile is stopped when either fails."
+    try:
+        nb = read_notebook(nb_path)
+        return nb, resolve_parameters(nb_path, nb=nb, **kw)
+    except BaseException:
+        if starter: starter.stop()
+        raise
+
 # %% ../nbs/08b_runner.ipynb #9de5f2e4
 def run_notebook(notebook:str|Path,             # pipeline name (`train`) or notebook path
                  *, params=None,                # YAML params file, or a mapping of parameters
@@ -293,21 +291,12 @@ def run_notebook(notebook:str|Path,             # pipeline name (`train`) or not
                  force:bool=False,              # run even when a FINISHED run with the same inputs exists
                  progress:bool=False) -> RunResult:
     "Execute a notebook as one MLflow run that ends FINISHED, FAILED or KILLED with the executed notebook attached."
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
-        raise ConfigError(f"--timeout must be a whole number of seconds ≥ 1 per cell, got {timeout!r}; e.g. --timeout 1800")
-    nb_path = resolve_notebook(str(notebook))
-    if nb_path.stem in DEDICATED and is_packaged(nb_path):
-        raise RunnerError(f"the '{nb_path.stem}' notebook is a worker started by its own command: run `{DEDICATED[nb_path.stem]}`")
+    nb_path = _check_target(notebook, timeout)
     engine = choose_engine(nb_path, engine)
     work = Path(tempfile.mkdtemp(prefix="mlkit-run-"))
     # a notebook of your own gets no secrets through the environment: its kernel can start (and warm up) while the params are read
     starter = _start_kernel(work) if engine == "kernel" and pipeline_schema(nb_path) is None else None
-    try:
-        nb = read_notebook(nb_path)
-        r = resolve_parameters(nb_path, params=params, sets=sets, experiment=experiment, nb=nb)
-    except BaseException:
-        if starter: starter.stop()
-        raise
+    nb, r = _read_resolved(nb_path, starter, params=params, sets=sets, experiment=experiment)
     out = Path(output_path) if output_path else work / nb_path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     with _environment(r.env), stop_on_signals():   # secrets reach the notebook this way only (a kernel inherits them at its start)
@@ -321,29 +310,35 @@ def _start_kernel(work:Path) -> KernelStart:
     new_store(tracking.tracking_uri())
     return KernelStart(log_path=work / "kernel.log", warmup="__import__('mlkit.record', fromlist=['_']).warm()")
 
-# %% ../nbs/08b_runner.ipynb #4b4ae17f
-def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
-    "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
+# %% ../nbs/08b_runner.ipynb #4b4ae17e
+def _open_or_reuse(nb_path, nb, r:Resolved, *, starter, engine, parent_run_id, force) -> tuple:
+    "(run id, None) of the new run of this execution, or (None, result) of an identical FINISHED run; the kernel stops on failure."
     try:
         if starter is None: new_store(tracking.tracking_uri())
         key, inputs = _key(nb_path, nb, r)
         if key and not force and (old := find_reusable(key, r.experiment)) is not None:
             if starter: starter.stop()
-            return _reused(old, nb_path)
+            return None, _reused(old, nb_path)
         check_before_kernel(r)
-        run_id = _open(starter, _spec(nb_path, r, engine, key, inputs, parent_run_id))
+        return _open(starter, _spec(nb_path, r, engine, key, inputs, parent_run_id)), None
     except BaseException:
         if starter: starter.stop()
         raise
+
+# %% ../nbs/08b_runner.ipynb #4b4ae17f
+def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, tags, parent_run_id, force, progress) -> RunResult:
+    "Reuse an identical run, or create the run, execute the notebook and record the outcome (inside `stop_on_signals`)."
+    run_id, reused = _open_or_reuse(nb_path, nb, r, starter=starter, engine=engine, parent_run_id=parent_run_id, force=force)
+    if reused is not None: return reused
     status, error, stop, idle, own = "FAILED", None, None, False, [c.source for c in nb.cells]
     try:
         nb.cells.insert(0, contract_cell(run_id))
         execute_notebook(nb, out, parameters=r.inject, engine=engine, kernel=starter.wait() if starter else None, timeout=timeout,
                          cwd=os.getcwd(), progress=progress, log_path=work / "kernel.log")
         status, idle = "FINISHED", True
-    except BaseException as e:
+    except BaseException as e:   # a cell that raised (not a timeout) leaves the kernel idle, waiting
         error, status = summarize_error(e, timeout, own), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        idle = type(e).__name__ == "PapermillExecutionError" and "Timeout" not in str(getattr(e, "ename", ""))   # a cell raised: the kernel waits
+        idle = type(e).__name__ == "PapermillExecutionError" and "Timeout" not in str(getattr(e, "ename", ""))
         if not isinstance(e, Exception): stop = e
     finally:
         try: done = _close(starter, idle, run_id, str(out.resolve()), str(work / "kernel.log"), status, error, tags)
@@ -354,7 +349,8 @@ def _execute(nb_path, nb, r:Resolved, *, starter, engine, out, work, timeout, ta
     if stop is not None:
         print(f"run {run_id} is marked KILLED ({error}); its partial executed notebook is attached", file=sys.stderr)
         raise stop
-    return RunResult(run_id, status, nb_path.stem, out if out.exists() else None, error, done["metrics"], done["tags"], done["experiment_id"])
+    return RunResult(run_id, status, nb_path.stem, out if out.exists() else None, error, done["metrics"], done["tags"],
+                     done["experiment_id"])
 
 # %% ../nbs/08b_runner.ipynb #9de5f2e6
 def _key(nb_path:Path, nb, r:Resolved):

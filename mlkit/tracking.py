@@ -13,7 +13,7 @@ from .lineage import LINEAGE_PACKAGES, package_versions, git_info, lineage_tags
 
 # %% auto #0
 __all__ = ['HTTP_DEFAULTS', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'tracking_failure', 'check_server', 'attach',
-           'detach', 'attached_run_id', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run', 'log_params',
+           'attached_run_id', 'detach', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run', 'log_params',
            'log_metrics', 'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted', 'log_model',
            'resolve_model', 'load_model_meta', 'load_sklearn_model']
 
@@ -119,16 +119,17 @@ def attach(run_id:str) -> str:
     return run_id
 
 # %% ../nbs/07_tracking.ipynb #5df81003
+def attached_run_id() -> str|None:
+    "The run `attach` made current (the run `mlkit run` created for this execution), or None."
+    return _ATTACHED[0] if _ATTACHED else None
+
+# %% ../nbs/07_tracking.ipynb #5df81007
 def detach() -> None:
     "Forget the attached run (the runner calls this after an in-process execution); the run's status is left as it is."
     import sys
     _ATTACHED.clear()
     mlflow = sys.modules.get("mlflow")
     while mlflow is not None and mlflow.active_run(): mlflow.end_run(status="RUNNING")   # the runner sets the final status
-
-def attached_run_id() -> str|None:
-    "The run `attach` made current (the run `mlkit run` created for this execution), or None."
-    return _ATTACHED[0] if _ATTACHED else None
 
 # %% ../nbs/07_tracking.ipynb #928a3c5c
 def under_runner() -> bool:
@@ -188,6 +189,7 @@ def log_metrics(metrics:dict, step:int|None=None) -> None:
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
     if clean: mlflow.log_metrics(clean, step=step)
 
+# %% ../nbs/07_tracking.ipynb #8c56becd
 def set_tags(tags:dict) -> None:
     "Set string tags on the active run."
     import mlflow

@@ -14,7 +14,7 @@ ROUNDS = 20
 WORKER = r"""
 import json, os, sys, time
 from pathlib import Path
-from mlkit import registry as reg
+from mlkit import history, registry as reg
 name, me, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 reg.find_model(name)                              # connect (and check the server) before the first round
 print("ready", flush=True)
@@ -24,7 +24,7 @@ for rnd in range(int(sys.argv[4])):
     current = str(getattr(reg.get_alias(name), "version", None))
     others = sorted({"1", "2", "3"} - {current})
     try:
-        if me == 1 and rnd % 4 == 3: e = reg.rollback_champion(name, reason=f"round {rnd}")
+        if me == 1 and rnd % 4 == 3: e = history.rollback_champion(name, reason=f"round {rnd}")
         else: e = reg.move_champion(name, others[me % len(others)], expected_from=None if current == "None" else current,
                                     verdict="passed", reason=f"round {rnd} by worker {me}")
         out = {"won": True, "seq": e["seq"], "action": e["action"]}
@@ -136,7 +136,7 @@ def test_racing_moves_on_a_tracking_server(server_store, tmp_path):
 
 CRASH = r"""
 import os, sys
-from mlkit import registry as reg
+from mlkit import history, registry as reg
 name = sys.argv[1]
 rm = reg.find_model(name)
 seq = len(reg.read_history(name)) + 1
