@@ -268,17 +268,24 @@ def test_concurrent_promotions_stay_consistent(store, client, tmp_path):
 
 
 @slow
-def test_compare_notebook_dry_runs_the_gate(store, client):
-    before = champion(client)
-    r = mlkit(store, "run", "compare", "--set", "model_name=credit", "--set", "runs_experiment=ci", "--set", "experiment=compare")
+def test_compare_notebook_dry_runs_the_gate(store, tmp_path):
+    """On a copy of the store with a champion of its own: what is compared cannot depend on which tests ran before
+    (alone, the module's store has no champion and the gate had only its baseline and fairness checks)."""
+    import mlflow
+    shutil.copy(store["dir"] / "mlflow.db", tmp_path / "mlflow.db")
+    env = {**store["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    own = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    v1 = versions_by_run(own)[store["runs"]["hgb"]]
+    own.set_registered_model_alias(NAME, "champion", v1)
+    r = run_mlkit("run", "compare", "--set", "model_name=credit", "--set", "runs_experiment=ci", "--set", "experiment=compare",
+                  cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     run_id = r.stdout.split()[1]
-    import mlflow
-    verdict = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/compare/verdict.json"))
-    runs = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/compare/runs.json"))
+    read = lambda name: json.loads(Path(own.download_artifacts(run_id, f"compare/{name}", str(tmp_path))).read_text())
+    verdict, runs = read("verdict.json"), read("runs.json")
     assert {x["run_id"] for x in runs} >= set(store["runs"].values())
     assert verdict["eval"]["fingerprint"] and {c["check"] for c in verdict["checks"]} >= {"schema", "primary"}
-    assert champion(client) == before                               # a dry run moves nothing
+    assert champion(own) == v1                                      # a dry run moves nothing
 
 
 @slow
