@@ -4,7 +4,9 @@
   2. throughput: `mlkit.score.score_file` (Parquet in, chunked, checked, Parquet out) against in-process `predict_proba` on the
      whole frame already in memory, and peak memory (RSS, each case in a fresh process) by chunk size.
 
-    python bench/bench_score.py [--rows 200000] [--cli-runs 3]        # about 3 minutes
+    python bench/bench_score.py [--rows 200000] [--cli-runs 3] [--profile]   # about 3 minutes
+  --profile: where one `mlkit score` spends its time (the slowest imports by `python -X importtime`, then cProfile of the CLI
+  entry, cumulative), written beside the store (importtime.txt, score.prof.txt).
 """
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -32,7 +34,22 @@ print(json.dumps({"rows_per_s": rows / secs, "peak_mb": resource.getrusage(resou
 '''
 
 
-def cli_ratio(runs):
+def profile_cli(d:Path, env:dict, cmd:list) -> None:
+    "The slowest imports (-X importtime) and a cProfile (cumulative, top 30) of one `mlkit score` run in `d`, printed and saved."
+    entry = "import sys; from mlkit.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", entry, *cmd[1:]], cwd=d, env=env, capture_output=True, text=True)
+    (d / "importtime.txt").write_text(r.stderr)
+    rows = [l.split("|") for l in r.stderr.splitlines() if l.startswith("import time:") and l.count("|") == 2]
+    top = sorted(((int(c), n.rstrip()) for _, c, n in rows if c.strip().isdigit()), reverse=True)[:15]
+    print("slowest imports of one `mlkit score` (cumulative µs, nesting shown by indent):", *(f"  {c:>9} {n}" for c, n in top), sep="\n")
+    code = ("import cProfile, pstats, io, sys\nfrom mlkit.cli import main\npr = cProfile.Profile(); pr.enable()\n"
+            f"main({cmd[1:]!r})\npr.disable(); s = io.StringIO()\n"
+            "pstats.Stats(pr, stream=s).sort_stats('cumulative').print_stats(30); open('score.prof.txt', 'w').write(s.getvalue())")
+    subprocess.run([sys.executable, "-c", code], cwd=d, env=env, capture_output=True, check=True)
+    print(f"cProfile of one `mlkit score` (imports included): {d / 'score.prof.txt'}\n", flush=True)
+
+
+def cli_ratio(runs, profile=False):
     "Median seconds of `mlkit score` and `mlflow models predict` on the same 1,000 rows, alternating, and their ratio."
     import statistics
     sys.path.insert(0, str(Path(__file__).parent))
@@ -57,14 +74,16 @@ def cli_ratio(runs):
     mk, mf = statistics.median(times["mlkit"]), statistics.median(times["mlflow"])
     print(f"mlkit score, 1,000 rows: ratio x{mk / mf:.2f} (goal <= 0.5) — mlkit {mk:.2f} s, mlflow models predict {mf:.2f} s "
           f"(medians of {runs}: {[round(t, 2) for t in times['mlkit']]} / {[round(t, 2) for t in times['mlflow']]})\n", flush=True)
+    if profile: profile_cli(d, env, cmds["mlkit"])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--cli-runs", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="also profile one `mlkit score` (imports and cProfile)")
     a = ap.parse_args()
-    cli_ratio(a.cli_runs)
+    cli_ratio(a.cli_runs, a.profile)
     import skops.io as sio
     from mlkit import checks, data as md, models as mm
     d = Path(tempfile.mkdtemp(prefix="bench_score_"))

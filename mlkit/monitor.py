@@ -170,8 +170,8 @@ def log_report(report:DriftReport, # the report
                *, figures:dict|None=None, # name → Figure: the overlays to store and embed
                title:str="mlkit drift report", # the HTML page's title
                tags:dict|None=None, # more tags for the run
-              ) -> None:
-    "Record `report` in the active MLflow run: metrics and tags in one batch, then the folder `monitor/` in one upload."
+              ) -> dict:
+    "Record `report` in the active MLflow run: metrics and tags in one batch, then the folder `monitor/` in one upload; the PNGs."
     import mlflow
     from mlflow.entities import Metric, RunTag
     now, pngs = int(time.time() * 1000), {n: _png(f) for n, f in (figures or {}).items()}
@@ -185,6 +185,7 @@ def log_report(report:DriftReport, # the report
         (Path(d) / "verdict.json").write_text(json.dumps(payload, default=str, indent=1))
         (Path(d) / "report.html").write_text(report_html(report, title=title, figures=pngs))
         mlflow.log_artifacts(d, "monitor")
+    return pngs
 
 # %% ../nbs/14a_monitor.ipynb #35152e15
 def retrain_and_gate(params:MonitorParams, # monitor params: labels, train_params, promote_params
@@ -221,6 +222,7 @@ class MonitorResult:
     pushgateway: str | None = None # 'pushed', 'failed: <why>', or None (no gateway configured)
     retrained: dict | None = None # `retrain_and_gate`'s outcome, after an alert with `retrain`
     report: DriftReport | None = field(default=None, repr=False) # the report itself (None when read back from the run)
+    plots: dict = field(default_factory=dict, repr=False) # name → PNG bytes of the overlays stored in `monitor/plots`
     verdict = property(lambda self: self.payload["verdict"], doc="'alert', 'warn' or 'healthy'")
     exit_code = property(lambda self: 3 if self.verdict == "alert" else 0, doc="the exit code: 3 on alert, else 0")
 
@@ -319,12 +321,12 @@ def run_monitor(params:MonitorParams, # resolved monitor params (`monitor_params
                                  target=target, run_id=rid)
         tags = {"mlkit.monitor.model": params.model, "mlkit.monitor.model_version": m.get("version") or "",
                 "mlkit.monitor.model_run": m.get("run_id") or ""}
-        log_report(report, payload, figures=flagged_figures(report, params.max_plots if params.plots else 0),
+        plots = log_report(report, payload, figures=flagged_figures(report, params.max_plots if params.plots else 0),
                    title=f"drift report — {params.model}", tags=tags)
         hook = _send_alert(params, payload) if report.alert and params.webhook else {}
         if params.pushgateway: hook["pushgateway"] = _push(params, report, payload)
         retrained = _retrain(params, payload, rid) if report.alert and params.retrain else None
-    return MonitorResult(rid, payload, retrained=retrained, report=report, **hook)
+    return MonitorResult(rid, payload, retrained=retrained, report=report, plots=plots, **hook)
 
 # %% ../nbs/14a_monitor.ipynb #e7f8091a
 def read_monitor_result(run_id:str) -> MonitorResult:

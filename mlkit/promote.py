@@ -65,13 +65,9 @@ class Promotion:
     promoted: bool
     entry: dict
 
-# %% ../nbs/10c_promote.ipynb #e1f0a027
-def promote_version(name:str, *, version=None, run_id=None, params:PromoteParams|None=None, force:bool=False,
-                    reason:str|None=None, where:str|None=None, attempts:int=5) -> Promotion:
-    "Gate the challenger against the champion of `name` and move `champion` if it passes (or `force`); records the decision."
-    if force and not (reason and reason.strip()):
-        raise GateError("--force needs --reason TEXT: an override of the gate must say why (it is recorded in the history)")
-    challenger = pick_challenger(name, version=version, run_id=run_id)
+# %% ../nbs/10c_promote.ipynb #e1f0a026b
+def _gate_and_record(name:str, challenger:str, *, params, force:bool, reason, where, attempts:int) -> tuple[GateVerdict, str, dict]:
+    "(verdict, action, history entry): gate `challenger` against the current champion and record the decision, again if it moved."
     loaded = {}                             # each version is loaded once, even when the champion moves meanwhile
     for _ in range(attempts):
         aliases = _aliases(name)
@@ -79,15 +75,23 @@ def promote_version(name:str, *, version=None, run_id=None, params:PromoteParams
         if current == challenger:
             raise RegistryError(f"'{name}' v{challenger} already is the champion; nothing to promote (train a new "
                                 f"version, or `mlkit rollback {name}`)")
-        chal, champ = (_loaded(loaded, name, x) for x in (challenger, current))
-        v = evaluate_gate(name, chal, params, champion=champ, where=where)
+        v = evaluate_gate(name, _loaded(loaded, name, challenger), params, champion=_loaded(loaded, name, current), where=where)
         if aliases.get("challenger") != challenger:
             reg.get_client().set_registered_model_alias(name, "challenger", challenger)
         action = "promote" if v.passed else "force" if force else "refused"
-        try: entry = _record(name, v, action, current, reason); break
+        try: return v, action, _record(name, v, action, current, reason)
         except reg.ChampionChanged as e:   # another promotion won the race: say so, and gate against the new champion
             print(f"note: {str(e).removesuffix('; evaluate again')}; evaluating again", file=sys.stderr)
-    else: raise RegistryError(f"champion of '{name}' kept moving during {attempts} evaluations; retry when the others finish")
+    raise RegistryError(f"champion of '{name}' kept moving during {attempts} evaluations; retry when the others finish")
+
+# %% ../nbs/10c_promote.ipynb #e1f0a027
+def promote_version(name:str, *, version=None, run_id=None, params:PromoteParams|None=None, force:bool=False,
+                    reason:str|None=None, where:str|None=None, attempts:int=5) -> Promotion:
+    "Gate the challenger against the champion of `name` and move `champion` if it passes (or `force`); records the decision."
+    if force and not (reason and reason.strip()):
+        raise GateError("--force needs --reason TEXT: an override of the gate must say why (it is recorded in the history)")
+    challenger = pick_challenger(name, version=version, run_id=run_id)
+    v, action, entry = _gate_and_record(name, challenger, params=params, force=force, reason=reason, where=where, attempts=attempts)
     if action != "refused" and _aliases(name).get("challenger") == challenger:
         reg.get_client().delete_registered_model_alias(name, "challenger")
     _card(name, v, entry)

@@ -123,17 +123,27 @@ def required_inputs(schema:dict|None, signature:dict|None=None) -> dict[str, str
         return {c["name"]: c.get("type", "?") for c in json.loads(signature["inputs"]) if "name" in c}
     return {}
 
+# %% ../nbs/10b_rescore.ipynb #e1f0a005b
+def _load_version(uri:str) -> tuple[object, dict]:
+    "(the scikit-learn model at `uri`, its MLmodel's mlkit task, schema and signature): one download, read with YAML's C parser."
+    import tempfile, yaml
+    from pathlib import Path
+    from mlkit.tracking import load_sklearn_model
+    with tempfile.TemporaryDirectory() as d:
+        model = load_sklearn_model(uri, local_dir=d)                    # resolve, download and trust-checked skops load, once
+        found = next(Path(d).rglob("MLmodel"), None)
+        conf = (yaml.load(found.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if found else None) or {}
+    meta = conf.get("metadata") or {}
+    return model, {"task": meta.get("mlkit_task"), "schema": meta.get("mlkit_schema"), "signature": conf.get("signature")}
+
 # %% ../nbs/10b_rescore.ipynb #e1f0a006
 def load_candidate(name:str, version:str|int) -> Candidate:
-    "Version `version` of `name`, loaded for scoring."
-    from mlkit.tracking import load_model_meta, load_sklearn_model
+    "Version `version` of `name`, loaded for scoring (its files downloaded once, for the model and its metadata alike)."
     mv = reg.find_version(name, version)
-    uri = f"models:/{name}/{mv.version}"
-    meta = load_model_meta(uri)
+    model, meta = _load_version(f"models:/{name}/{mv.version}")
     if not meta.get("task"): raise GateError(f"'{name}' v{mv.version} has no mlkit task metadata; log it with "
                                              f"mlkit.tracking.log_model")
-    return Candidate(name, str(mv.version), mv.run_id, meta["task"], load_sklearn_model(uri),
-                     required_inputs(meta.get("schema"), meta.get("signature")))
+    return Candidate(name, str(mv.version), mv.run_id, meta["task"], model, required_inputs(meta.get("schema"), meta.get("signature")))
 
 # %% ../nbs/10b_rescore.ipynb #e1f0a008
 def _fair_fns(task:str, overall_mae:float=1.0) -> dict:

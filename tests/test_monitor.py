@@ -460,6 +460,7 @@ def test_cli_from_log_alerts_exit_3_names_features_logs_report_and_posts_webhook
     arts = {a.path for a in c.list_artifacts(run_id, "monitor")}
     assert {"monitor/report.html", "monitor/verdict.json", "monitor/plots"} <= arts, arts
     assert any(a.path.endswith("income.png") for a in c.list_artifacts(run_id, "monitor/plots"))
+    assert c.list_artifacts(run_id, "figures"), "the executed notebook shows the stored overlays (recorded under figures/)"
 
 
 @pytest.mark.slow
