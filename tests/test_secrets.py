@@ -63,10 +63,17 @@ def evidence(mlflow_server, pg_server, webhook, tmp_path_factory):
             "bad-storage": ("tune", "-p", tune, "--storage", storage.replace(str(pg_server.port), "9")),
             "history": ("history", MODEL),
             "serve-unknown-model": ("serve", "--model", "models:/no-such-model@champion", "--port", "9")}
-    out = {}
-    for name, args in cmds.items():
-        r = run_mlkit(*args, cwd=d, env=env, timeout=900)
-        out[name] = {"code": r.returncode, "stdout": r.stdout, "stderr": r.stderr}
+    # three independent chains at once (each command waits on the server or PostgreSQL much of the time): the model's life, the
+    # search (the refused storage after it: both name experiment secrets-tune, which two processes must not create at once), and
+    # the refusals of models that do not exist
+    chains = [("train", "promote", "demo-data", "monitor", "history"), ("tune", "bad-storage"), ("unknown-model", "serve-unknown-model")]
+    assert sorted(n for c in chains for n in c) == sorted(cmds)
+    def run_chain(chain):
+        return {name: run_mlkit(*cmds[name], cwd=d, env=env, timeout=900) for name in chain}
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(chains)) as pool:
+        done = [r for results in pool.map(run_chain, chains) for r in results.items()]
+    out = {name: {"code": r.returncode, "stdout": r.stdout, "stderr": r.stderr} for name, r in done}
     places = {f"{name}: {stream}": res[stream] for name, res in out.items() for stream in ("stdout", "stderr")}
     # everything MLflow keeps: params, tags (runs, registered models, versions), descriptions, and every stored artifact byte
     admin = mlflow_server.env(mlflow_server.admin[0])
