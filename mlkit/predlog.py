@@ -4,7 +4,7 @@
 
 # %% ../nbs/12b_predlog.ipynb #c2b00003
 from __future__ import annotations
-import json, logging, os, queue, random, sys, tempfile, threading, time
+import collections, json, logging, os, random, sys, tempfile, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -73,42 +73,43 @@ def check_log_dir(folder:str|Path) -> Path:
 
 # %% ../nbs/12b_predlog.ipynb #ef3fbbfd
 class PredictionLog:
-    "Sampled, bounded log of served predictions, written to Parquet by a background thread."
-    def __init__(self, folder:str|Path, *, sample_rate:float=1.0, max_queue:int=1000, flush_rows:int=5000,
-                 flush_seconds:float=5.0, on_drop=None):
+    "Sampled, bounded log of served predictions, written to Parquet by a background thread that wakes every `poll` seconds."
+    def __init__(self, folder:str|Path, *, sample_rate:float=1.0, max_queue:int=10_000, flush_rows:int=5000,
+                 flush_seconds:float=5.0, poll:float=0.5, on_drop=None):
         if not 0 <= sample_rate <= 1: raise ServeError(f"sample rate must be between 0 and 1, got {sample_rate}")
         check_log_dir(folder)
         self.folder, self.rate, self.flush_rows, self.flush_seconds = Path(folder), sample_rate, flush_rows, flush_seconds
-        self.on_drop, self.q, self.files, self.dropped, self._seq = on_drop, queue.Queue(max_queue), [], 0, 0
+        self.on_drop, self.max_queue, self.poll, self.stop = on_drop, max_queue, poll, threading.Event()
+        self.q, self.files, self.dropped, self._seq = collections.deque(), [], 0, 0
         self.thread = threading.Thread(target=self._run, name="mlkit-prediction-log", daemon=True)
         self.thread.start()
 
     def offer(self, model:ServedModel, cols:dict, labels, proba, request_id:str) -> bool:
-        "Queue one answered request with probability `sample_rate`; never blocks. True when queued."
+        "Queue one answered request with probability `sample_rate`; never blocks nor wakes a thread. True when queued."
         if self.rate < 1 and random.random() >= self.rate: return False
-        try: self.q.put_nowait((model, (cols, labels, proba, request_id, datetime.now(timezone.utc))))
-        except queue.Full:
+        if len(self.q) >= self.max_queue:
             self.dropped += 1
             if self.on_drop: self.on_drop()
             return False
+        self.q.append((model, (cols, labels, proba, request_id, datetime.now(timezone.utc))))  # deque.append: atomic, no lock
         return True
 
     def close(self, timeout:float=10.0):
         "Write what is queued and stop the thread."
-        self.q.put(None); self.thread.join(timeout)
+        self.stop.set(); self.thread.join(timeout)
 
 # %% ../nbs/12b_predlog.ipynb #653a0f14
 @patch
 def _run(self:PredictionLog):
     pending, rows, last = [], 0, time.monotonic()
     while True:
-        try: item = self.q.get(timeout=0.5)
-        except queue.Empty: item = ...
-        if item is not ... and item is not None: pending.append(item); rows += len(item[1][1])
-        if pending and (item is None or rows >= self.flush_rows or time.monotonic() - last >= self.flush_seconds):
+        stopping = self.stop.wait(self.poll)
+        while self.q:
+            item = self.q.popleft(); pending.append(item); rows += len(item[1][1])
+        if pending and (stopping or rows >= self.flush_rows or time.monotonic() - last >= self.flush_seconds):
             self._write(pending)
             pending, rows, last = [], 0, time.monotonic()
-        if item is None: return
+        if stopping: return
 
 # %% ../nbs/12b_predlog.ipynb #653a0f15
 @patch

@@ -5,6 +5,7 @@
 # %% ../nbs/12c_runtime.ipynb #d3c00004
 from __future__ import annotations
 import asyncio, hmac, json, logging, queue, sys, threading, time, uuid
+from collections import Counter
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
@@ -128,6 +129,7 @@ try:
 except MlkitError as e: print(json.dumps({"error": str(e), "type": type(e).__name__}))
 """  # the MLflow half of loading a model, run by a helper process: only mlkit.tracking and MLflow are imported there
 
+# %% ../nbs/12c_runtime.ipynb #26d28bb4
 def _fetch_in_helper(uri:str, folder:str) -> dict:
     "The model's metadata and lineage, its files downloaded into `folder`, by a helper process while this one imports skops."
     import subprocess
@@ -230,7 +232,8 @@ def count_predictions(self:ServeMetrics, m:ServedModel, labels, n_requests:int):
     if m.classes is None:
         for v in labels: self.values.labels(m.version or "").observe(float(v))
         return
-    for lab, k in zip(*np.unique(labels, return_counts=True)): self.classes.labels(m.version or "", str(lab)).inc(int(k))
+    counts = Counter(labels.tolist()).items() if len(labels) <= 64 else zip(*np.unique(labels, return_counts=True))  # np.unique: ~0.1 ms
+    for lab, k in counts: self.classes.labels(m.version or "", str(lab)).inc(int(k))
 
 # %% ../nbs/12c_runtime.ipynb #09bf3431
 _ENDPOINTS = {"/invocations", "/predict", "/health", "/ready", "/metadata", "/metrics", "/openapi.json", "/docs",
@@ -253,8 +256,10 @@ def _request_id(header:bytes|None) -> str:
 # %% ../nbs/12c_runtime.ipynb #09bf3432
 class Guard:
     "ASGI middleware: bearer-token auth, request-size limit, request ids, request metrics and log records, internal errors as 500s."
-    def __init__(self, app, *, metrics:ServeMetrics, token:str|None=None, max_body_bytes:int=1 << 20, holder=None, log_payloads:bool=False):
+    def __init__(self, app, *, metrics:ServeMetrics, token:str|None=None, max_body_bytes:int=1 << 20, holder=None, log_payloads:bool=False,
+                 direct:dict|None=None, handlers:dict|None=None): # POST handlers by path run without the router; their exception handlers
         self.app, self.metrics, self.max_body, self.holder, self.log_payloads = app, metrics, max_body_bytes, holder, log_payloads
+        self.direct, self.handlers = direct or {}, handlers or {}
         self.token = token.encode() if token else None
         self.log = logging.getLogger("mlkit.serve.access")
 
@@ -274,6 +279,33 @@ def _denied(self:Guard, path:str, headers:dict) -> bool:
     cred = _bearer(headers.get(b"authorization", b""))
     return cred is None or not hmac.compare_digest(cred, self.token)
 
+# %% ../nbs/12c_runtime.ipynb #09bf343d
+@patch
+async def _refused(self:Guard, path:str, headers:dict, send) -> bool:
+    "Answer 401 (no or wrong token), 413 (declared body over the limit) or 400 (bad Content-Length); True when refused."
+    if self._denied(path, headers):
+        await self._refuse(send, 401, "unauthorized", "missing or wrong bearer token; send the header 'Authorization: Bearer <token>'",
+                           [(b"www-authenticate", b"Bearer")])
+        return True
+    size = headers.get(b"content-length", b"0")
+    if size.isdigit() and int(size) <= self.max_body: return False
+    await self._refuse(send, 413 if size.isdigit() else 400, "too_large" if size.isdigit() else "bad_header",
+                       f"request body of {size.decode(errors='replace')[:40]} bytes; the limit is {self.max_body} bytes")
+    return True
+
+# %% ../nbs/12c_runtime.ipynb #09bf343f
+@patch
+async def _direct(self:Guard, handler, scope, receive, send):
+    "Run a POST route's `handler` without the router; an exception it raises goes to the app's handler for its class, else up."
+    from starlette.requests import Request
+    request = Request(scope, receive)
+    try: response = await handler(request)
+    except Exception as e:
+        h = next((self.handlers[c] for c in type(e).__mro__ if c in self.handlers), None)
+        if h is None: raise
+        response = await h(request, e)
+    await response(scope, receive, send)
+
 # %% ../nbs/12c_runtime.ipynb #09bf3433
 @patch
 async def __call__(self:Guard, scope, receive, send):
@@ -287,14 +319,10 @@ async def __call__(self:Guard, scope, receive, send):
             msg = {**msg, "headers": [*msg.get("headers", ()), (b"x-request-id", rid.encode())]}
         await send(msg)
     try:
-        if self._denied(path, headers):
-            return await self._refuse(send_, 401, "unauthorized", "missing or wrong bearer token; send the header "
-                                      "'Authorization: Bearer <token>'", [(b"www-authenticate", b"Bearer")])
-        size = headers.get(b"content-length", b"0")
-        if not size.isdigit() or int(size) > self.max_body:
-            return await self._refuse(send_, 413 if size.isdigit() else 400, "too_large" if size.isdigit() else "bad_header",
-                                      f"request body of {size.decode(errors='replace')[:40]} bytes; the limit is {self.max_body} bytes")
-        await self.app(scope, receive, send_)
+        if await self._refused(path, headers, send_): return
+        handler = self.direct.get(path) if scope["method"] == "POST" else None
+        if handler is None: await self.app(scope, receive, send_)
+        else: await self._direct(handler, scope, receive, send_)
     except Exception:
         if state["started"]: raise  # too late for an answer: let the server end the connection
         eid = uuid.uuid4().hex[:12]
@@ -337,7 +365,7 @@ def _json(obj, status=200, headers=None):
 
 # %% ../nbs/12c_runtime.ipynb #53bfb972
 def _post(app, path:str, summary:str, batcher:Batcher|None=None):
-    "`app.post` for a handler taking the raw request, counted in `batcher.in_flight` while it runs."
+    "`app.post` for a handler taking the raw request, counted in `batcher.in_flight` while it runs; listed in `app.state.direct`."
     from fastapi import Request
     def deco(f):
         async def handler(request):
@@ -347,5 +375,6 @@ def _post(app, path:str, summary:str, batcher:Batcher|None=None):
             finally: batcher.in_flight -= 1
         handler.__annotations__ = {"request": Request}  # string annotations (from __future__) cannot see the lazily imported Request
         handler.__name__, handler.__doc__ = f.__name__, f.__doc__
+        if "{" not in path: app.state.direct = {**getattr(app.state, "direct", {}), path: handler}  # for `Guard`: fixed paths only
         return app.post(path, summary=summary)(handler)
     return deco

@@ -228,6 +228,27 @@ def _start_parts(m:ServedModel, *, log_dir, sample_rate:float, reload_interval:f
                            on_fail=lambda e: metrics.reloads.labels("failed").inc())
     return {"holder": holder, "metrics": metrics, "batcher": batcher, "prediction_log": plog, "watcher": watcher}
 
+# %% ../nbs/12e_serve.ipynb #24a4ae41
+def _lifespan(parts:dict):
+    "The app's lifespan: on shutdown, stop the alias watcher and the batcher, and write what the prediction log holds."
+    from contextlib import asynccontextmanager
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        parts["watcher"].close(); parts["batcher"].close()
+        if parts["prediction_log"]: parts["prediction_log"].close()
+    return lifespan
+
+# %% ../nbs/12e_serve.ipynb #24a4ae44
+def _add_routes(app, parts:dict, *, max_body:int, max_rows:int, input_policy:str):
+    "The app's routes (MLflow's protocol, /predict, probes, metadata, metrics, docs, V2), error handlers and OpenAPI document."
+    holder, metrics, batcher, score = parts["holder"], parts["metrics"], parts["batcher"], _scorer(parts["batcher"], parts["prediction_log"])
+    _add_invocations(app, holder, score, metrics, batcher, max_body=max_body, max_rows=max_rows, input_policy=input_policy)
+    _add_predict(app, holder, score, batcher, max_body=max_body, max_rows=max_rows)
+    _add_info_routes(app, holder, batcher, metrics); _add_docs(app); _add_error_handlers(app, metrics)
+    add_v2_routes(app, holder, score, metrics, batcher, max_body=max_body, max_rows=max_rows, input_policy=input_policy)
+    app.openapi = _custom_openapi(app, holder, max_rows)
+
 # %% ../nbs/12e_serve.ipynb #24a4ae40
 def make_app(model:str|ServedModel="models:/credit@champion", # model URI, or a `ServedModel` already loaded
              *, token:str|None=None, # bearer token required on every endpoint but the health probes; None = no auth
@@ -237,27 +258,17 @@ def make_app(model:str|ServedModel="models:/credit@champion", # model URI, or a 
              max_body_bytes:int=1 << 20, max_rows:int=10_000, max_batch_rows:int=4096,
              log_payloads:bool=False): # request bodies in the request log records
     "The FastAPI app serving `model`."
-    from contextlib import asynccontextmanager
     from fastapi import FastAPI
     from mlkit import __version__
     if input_policy not in POLICIES: raise ServeError(f"--input-policy must be one of {list(POLICIES)}, got {input_policy!r}")
     m = model if isinstance(model, ServedModel) else load_served_model(model, unseen=unseen)
     p = _start_parts(m, log_dir=log_dir, sample_rate=sample_rate, reload_interval=reload_interval, unseen=unseen, max_batch_rows=max_batch_rows)
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        p["watcher"].close(); p["batcher"].close()
-        if p["prediction_log"]: p["prediction_log"].close()
-    app = FastAPI(title="mlkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="mlkit serve", version=__version__, lifespan=_lifespan(p), docs_url=None, redoc_url=None,
                   description=f"Serving {m.name or m.uri} (follows {m.uri} when it is an alias). See /metadata for the model.")
     for k, v in p.items(): setattr(app.state, k, v)
-    holder, metrics, score = p["holder"], p["metrics"], _scorer(p["batcher"], p["prediction_log"])
-    _add_invocations(app, holder, score, metrics, p["batcher"], max_body=max_body_bytes, max_rows=max_rows, input_policy=input_policy)
-    _add_predict(app, holder, score, p["batcher"], max_body=max_body_bytes, max_rows=max_rows)
-    _add_info_routes(app, holder, p["batcher"], metrics); _add_docs(app); _add_error_handlers(app, metrics)
-    add_v2_routes(app, holder, score, metrics, p["batcher"], max_body=max_body_bytes, max_rows=max_rows, input_policy=input_policy)
-    app.openapi = _custom_openapi(app, holder, max_rows)
-    app.add_middleware(Guard, metrics=metrics, token=token, max_body_bytes=max_body_bytes, holder=holder, log_payloads=log_payloads)
+    _add_routes(app, p, max_body=max_body_bytes, max_rows=max_rows, input_policy=input_policy)
+    app.add_middleware(Guard, metrics=p["metrics"], token=token, max_body_bytes=max_body_bytes, holder=p["holder"], log_payloads=log_payloads,
+                       direct=app.state.direct, handlers=app.exception_handlers)  # the scoring routes, called by Guard without the router
     return app
 
 # %% ../nbs/12e_serve.ipynb #07400003
