@@ -46,7 +46,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check, *, timeout:float=60, interval:float=0.2, what:str="condition"):
+def wait_for(check, *, timeout:float=180, interval:float=0.2, what:str="condition"):
     "Call `check()` until it returns a truthy value (returned) or `timeout` seconds pass (AssertionError with the last error)."
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:

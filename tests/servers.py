@@ -76,7 +76,7 @@ class Postgres:
     def start(self) -> "Postgres":
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o",
                   f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200", "start")
-        wait_until(self.ready, timeout=60, what="PostgreSQL", log=self.log)
+        wait_until(self.ready, timeout=180, what="PostgreSQL", log=self.log)
         return self
 
     def ready(self) -> bool:

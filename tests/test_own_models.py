@@ -140,7 +140,7 @@ def start_serve(model:str, *extra, cwd, env, log:Path) -> tuple[subprocess.Popen
     proc = subprocess.Popen(mlkit_cmd("serve", "--model", model, "--port", port, "--log-dir", "none", *extra), cwd=cwd, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try: wait_until(lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout=120, what="mlkit serve", proc=proc, log=log)
+    try: wait_until(lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout=240, what="mlkit serve", proc=proc, log=log)
     except BaseException: stop(proc); raise
     return proc, url
 

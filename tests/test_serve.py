@@ -36,7 +36,7 @@ def free_port():
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
-def wait_until(cond, timeout=60, what="condition", proc=None):
+def wait_until(cond, timeout=240, what="condition", proc=None):
     "Poll `cond()` until it is truthy (returns it) or `timeout` seconds pass (AssertionError); fail early if `proc` exits."
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -48,7 +48,7 @@ def wait_until(cond, timeout=60, what="condition", proc=None):
     raise AssertionError(f"{what} not reached after {timeout}s")
 
 
-def wait_ready(url, proc=None, timeout=60, headers=None):
+def wait_ready(url, proc=None, timeout=240, headers=None):
     import httpx
     def up():
         try: return httpx.get(url, headers=headers, timeout=1).status_code == 200
@@ -467,7 +467,7 @@ def test_same_answers_as_mlflow_models_serve(server, store):
               "bool as number": {"dataframe_records": [{**rec, "n_open_accounts": True}]},
               "number as category": {"dataframe_records": [{**rec, "housing": 3}]}}
     try:
-        wait_ready(f"http://127.0.0.1:{port}/ping", proc, timeout=120)
+        wait_ready(f"http://127.0.0.1:{port}/ping", proc, timeout=240)
         for name, body in bodies.items():
             theirs = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
             ours = httpx.post(server["url"] + "/invocations", json=body, headers=server["auth"], timeout=30)

@@ -107,7 +107,7 @@ def test_train_tune_promote_serve_monitor_as_two_users(team, tmp_path):
                             cwd=team["dir"], env={**os.environ, **team["alice"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout=120, what="mlkit serve", proc=proc)
+        wait_until(lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout=240, what="mlkit serve", proc=proc)
         from mlkit.data import load_data
         X = load_data("mlkit:credit", n_rows=5, seed=3).drop(columns=["default", "id", "application_date"])
         resp = httpx.post(url + "/invocations", json={"dataframe_records": json.loads(X.to_json(orient="records"))}, timeout=30)
