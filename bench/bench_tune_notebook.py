@@ -6,6 +6,11 @@ A research notebook whose cells do exactly 1 s of work (a busy loop on the clock
   papermill  the same notebook executed N times by papermill in one process (papermill imported once), each execution's wall
              time minus the 1 s of work: the kernel start and the notebook's imports, paid by every trial
 Goal (issue 9): the overhead under 5 % of the trial. Usage: python bench/bench_tune_notebook.py [N]
+
+`--profile [N]`: where a trial's overhead goes. The same search runs in this process (`tune_notebook(in_process=True)`, the
+code path of a worker process) under cProfile, on a notebook whose cells do no work, so that everything measured is
+overhead; prints the per-trial cost of the heaviest calls (cumulative time / N) and writes the stats to
+/tmp/bench_tune_notebook.prof (read with `python -m pstats` or snakeviz).
 """
 import os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -14,14 +19,15 @@ import nbformat
 
 BIN = Path(sys.executable).parent
 WORK_S = 1.0
+SPACE = "alpha: {type: float, low: 0.01, high: 10, log: true}\ndepth: {type: int, low: 1, high: 6}\n"
 
 
-def research(path:Path) -> Path:
-    "A notebook nobody wrote for mlkit: a parameters cell, 1 s of work, plain mlflow.log_metric."
+def research(path:Path, work_s:float=WORK_S) -> Path:
+    "A notebook nobody wrote for mlkit: a parameters cell, `work_s` seconds of work, plain mlflow.log_metric."
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("alpha = 1.0\ndepth = 3", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("import math, time\nimport mlflow"),
-                nbformat.v4.new_code_cell(f"t0 = time.perf_counter()\nwhile time.perf_counter() - t0 < {WORK_S}: sum(range(1000))"),
+                nbformat.v4.new_code_cell(f"t0 = time.perf_counter()\nwhile time.perf_counter() - t0 < {work_s}: sum(range(1000))"),
                 nbformat.v4.new_code_cell("rmse = (math.log10(alpha) - 0.3) ** 2 + (depth - 4) ** 2 / 10\nmlflow.log_metric('rmse', rmse)")]
     nbformat.write(nb, str(path))
     return path
@@ -31,7 +37,7 @@ def tune_trials(d:Path, n:int) -> tuple[list[float], float]:
     "(per-trial wall seconds, whole command seconds) of one `mlkit tune` with one worker."
     import optuna
     from optuna.storages.journal import JournalFileBackend
-    (d / "space.yaml").write_text("alpha: {type: float, low: 0.01, high: 10, log: true}\ndepth: {type: int, low: 1, high: 6}\n")
+    (d / "space.yaml").write_text(SPACE)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db", "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     subprocess.run([BIN / "mlkit", "tune", "research.ipynb", "--space", "space.yaml", "--metric", "rmse", "--direction", "minimize",
@@ -60,6 +66,30 @@ def papermill_trials(d:Path, n:int) -> list[float]:
     return out[1:]
 
 
+def profile(n:int, out:str="/tmp/bench_tune_notebook.prof"):
+    "cProfile of `n` trials of a notebook that does no work, run in this process; prints the heaviest calls per trial."
+    import cProfile, pstats
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as t:
+        d = Path(t); research(d / "research.ipynb", work_s=0.0); (d / "space.yaml").write_text(SPACE)
+        os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db", OMP_NUM_THREADS="1"); os.chdir(d)
+        from mlkit.notebook_tune import tune_notebook
+        def search(trials:int, experiment:str|None=None):
+            tune_notebook("research.ipynb", space="space.yaml", experiment=experiment, in_process=True, progress=False,
+                          sets=["search.metric=rmse", "search.direction=minimize", f"search.n_trials={trials}"])
+        search(2, "warm-up")        # the store, the imports and the shell exist: what follows is per-trial cost
+        prof = cProfile.Profile(); t0 = time.perf_counter()
+        prof.enable(); search(n)
+        prof.disable()
+        whole = time.perf_counter() - t0; os.chdir(here)
+    prof.dump_stats(out)
+    print(f"{n} trials of a no-work notebook in one process, profiled: {whole:.2f} s ({whole / n * 1000:.0f} ms a trial incl. "
+          f"the search's start and summary); stats in {out}")
+    st = pstats.Stats(out); st.sort_stats("cumulative")
+    rows = sorted(((v[3] / n * 1000, f"{Path(k[0]).name}:{k[1]}({k[2]})") for k, v in st.stats.items()), reverse=True)
+    for ms, name in rows[:45]: print(f"{ms:8.1f} ms/trial  {name}")
+
+
 def main(n:int):
     with tempfile.TemporaryDirectory() as t:
         d = Path(t); research(d / "research.ipynb")
@@ -75,4 +105,5 @@ def main(n:int):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8)
+    args = [a for a in sys.argv[1:] if a != "--profile"]
+    (profile if "--profile" in sys.argv else main)(int(args[0]) if args else (20 if "--profile" in sys.argv else 8))

@@ -105,6 +105,44 @@ def report_step(metrics:dict, step:int|None) -> None:
         _TRIAL["pruned"] = f"pruned at step {step}: {_TRIAL['metric']} {value:.4f}"
         raise optuna.TrialPruned(_TRIAL["pruned"])
 
+# %% ../nbs/11d_notebooks.ipynb #65f543f3
+def _active_runs():
+    "This thread's stack of active MLflow runs (a list), or None if this MLflow keeps it elsewhere."
+    from mlflow.tracking import fluent
+    stack = getattr(fluent, "_active_run_stack", None)
+    return stack.get() if hasattr(stack, "get") else None
+
+def _activate(run) -> None:
+    "Make `run` (a `Run` just created, RUNNING) this thread's active MLflow run and mlkit's attached run, with no store call."
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlkit import tracking
+    if _active_runs() is None: tracking.attach(run.info.run_id); return
+    while mlflow.active_run(): mlflow.end_run()  # as `attach` does
+    _active_runs().append(fluent.ActiveRun(run)); tracking._ATTACHED[:] = [run.info.run_id]
+
+# %% ../nbs/11d_notebooks.ipynb #b07f9117
+def _deactivate(run_id:str) -> None:
+    "Undo `_activate`: runs the cells left open end RUNNING (as `tracking.detach` ends them); run `run_id` is left untouched."
+    import mlflow
+    from mlkit import tracking
+    stack = _active_runs() or []
+    while stack and stack[-1].info.run_id != run_id: mlflow.end_run("RUNNING")
+    if stack: stack.pop()
+    tracking.detach()
+
+def _logged_value(client, run_id:str, key:str) -> float|None:
+    "The latest value of metric `key` in run `run_id` (the one `get_run(...).data.metrics` shows), None if it was not logged."
+    hist = client.get_metric_history(run_id, key)
+    return max(hist, key=lambda m: (m.step, m.timestamp, m.value)).value if hist else None
+
+# %% ../nbs/11d_notebooks.ipynb #36b67d5b
+def _unlogged(client, run_id:str, metric:str) -> str:
+    "Why a trial whose cells ran to their end failed: it never logged the objective `metric` (and what it did log)."
+    logged = sorted(client.get_run(run_id).data.metrics)
+    return (f"the notebook ran to its end without logging the objective '{metric}' (it logged: {logged or 'nothing'}); "
+            f"log it with mlkit.log_metric('{metric}', value), or set --metric to one of those")
+
 # %% ../nbs/11d_notebooks.ipynb #6c0eaeb7
 def _failure(nb, exc:BaseException, timeout:int|None) -> str:
     "One line for a trial whose cells raised `exc`: the failed cell (numbered as saved, from 1, with its first line)."
@@ -145,31 +183,31 @@ def begin(self:_NotebookTrials, trial) -> dict:
     self.values = suggest_config(trial, {self.name: self.p.search.space})[1]
     tags = {**_trial_tags(parent_run_id=self.parent, study_name=self.study_name, trial=trial, state="running", error=None,
                           worker=self.worker), **self.tags}
-    self.ctx = {"run_id": self.client.create_run(self.exp, run_name=f"trial-{trial.number}", tags=tags).info.run_id}
+    self.run = self.client.create_run(self.exp, run_name=f"trial-{trial.number}", tags=tags)  # activated as it is
+    self.ctx = {"run_id": self.run.info.run_id}
     return self.ctx
 
 # %% ../nbs/11d_notebooks.ipynb #f4b1a826
 @patch
 def evaluate(self:_NotebookTrials, trial) -> tuple[dict, float, float]:
-    "(the trial run's metrics, the objective's value, seconds the cells ran); `TrialPruned`, or `TuneError` with why it failed."
+    "(the objective as {metric: value}, its value, seconds the cells ran); `TrialPruned`, or `TuneError` with why it failed."
     import optuna
-    from mlkit import tracking
     from mlkit.execute import execute_in_process
-    s, main = self.p.search, threading.current_thread() is threading.main_thread()
-    timeout = self.p.cell_timeout if main else None  # the shell times cells out with SIGALRM: the main thread only
+    s, rid = self.p.search, self.ctx["run_id"]
+    timeout = self.p.cell_timeout if threading.current_thread() is threading.main_thread() else None  # SIGALRM: main only
     _TRIAL.update(trial=trial, metric=s.metric, warmup=s.warmup_steps, steps=0, pruned=None)
-    tracking.attach(self.ctx["run_id"]); t0 = time.perf_counter()
+    _activate(self.run); t0 = time.perf_counter()
     try: out, exc = execute_in_process(self.nb, parameters={**self.p.parameters, **self.values}, timeout=timeout)
-    finally: secs, _TRIAL["trial"] = time.perf_counter() - t0, None; tracking.detach()
-    metrics = {} if exc or _TRIAL["pruned"] else self.client.get_run(self.ctx["run_id"]).data.metrics
-    why = _failure(out, exc, timeout) if exc and not _TRIAL["pruned"] else None if s.metric in metrics or _TRIAL["pruned"]         else (f"the notebook ran to its end without logging the objective '{s.metric}' (it logged: "
-              f"{sorted(metrics) or 'nothing'}); log it with mlkit.log_metric('{s.metric}', value), or set --metric to one of those")
+    finally: secs, _TRIAL["trial"] = time.perf_counter() - t0, None; _deactivate(rid)
+    value = None if exc or _TRIAL["pruned"] else _logged_value(self.client, rid, s.metric)
+    why = None if _TRIAL["pruned"] else _failure(out, exc, timeout) if exc else None if value is not None else \
+        _unlogged(self.client, rid, s.metric)
     self.ctx["notebook"] = out if s.notebooks == "all" or (why and s.notebooks == "failed") else None
     self.ctx["executed"] = out  # its figures go to the trial run, as `mlkit run` attaches them
     _settle()
     if _TRIAL["pruned"]: raise optuna.TrialPruned(_TRIAL["pruned"])
     if why: raise TuneError(why)
-    return metrics, metrics[s.metric], secs
+    return {s.metric: value}, value, secs
 
 # %% ../nbs/11d_notebooks.ipynb #6f5ae280
 @patch

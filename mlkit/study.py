@@ -108,6 +108,16 @@ def claim_trial(study,                   # an optuna Study
         except UpdateFinishedTrialError: continue
     return None if queued_only else study.ask()
 
+# %% ../nbs/11a_study.ipynb #a7b9ae51
+def _stamp(storage, trial_id:int, worker:str) -> None:
+    "Stamp trial `trial_id` once (time, worker, host, pid); nothing if it finished meanwhile or the storage is down."
+    from optuna.exceptions import UpdateFinishedTrialError
+    stamp = {"t": time.time(), "worker": worker, "host": socket.gethostname(), "pid": os.getpid()}
+    try: storage.set_trial_system_attr(trial_id, "mlkit:heartbeat", stamp)
+    except UpdateFinishedTrialError: pass  # finished (or failed as stale) meanwhile: nothing to stamp
+    except Exception as e:                 # the storage does not answer: this stamp is missed, the next one is not
+        if not storage_unreachable(e): raise
+
 # %% ../nbs/11a_study.ipynb #36addc1a
 class Heartbeat:
     "Stamps the running trial of this worker (system attr `mlkit:heartbeat`) every `interval` s from a daemon thread."
@@ -119,14 +129,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         "Stamp the current trial now (nothing when there is none, or it finished meanwhile)."
-        from optuna.exceptions import UpdateFinishedTrialError
-        tid = self.trial_id
-        if tid is None: return
-        stamp = {"t": time.time(), "worker": self.worker, "host": socket.gethostname(), "pid": os.getpid()}
-        try: self.storage.set_trial_system_attr(tid, "mlkit:heartbeat", stamp)
-        except UpdateFinishedTrialError: pass  # finished (or failed as stale) meanwhile: nothing to stamp
-        except Exception as e:                 # the storage does not answer: this stamp is missed, the next one is not
-            if not storage_unreachable(e): raise
+        if (tid := self.trial_id) is not None: _stamp(self.storage, tid, self.worker)
 
     def _loop(self):
         while not self._closed:
@@ -173,13 +176,23 @@ def fail_stale_trials(study,                  # an optuna Study
         except UpdateFinishedTrialError: continue  # its worker finished it meanwhile
     return out
 
+# %% ../nbs/11a_study.ipynb #dff1102e
+def _causes(e:BaseException) -> list:
+    "`e` and the exceptions it was raised from or while handling (`__cause__`, else `__context__`), outermost first."
+    out = []
+    while e is not None and not any(e is x for x in out): out.append(e); e = e.__cause__ or e.__context__
+    return out
+
 # %% ../nbs/11a_study.ipynb #77af6bd1
 def storage_unreachable(e:BaseException) -> bool:
-    "Whether `e` is a study storage that did not answer (a database down or unreachable, a connection dropped)."
-    from optuna.exceptions import StorageInternalError
-    try: from sqlalchemy.exc import DBAPIError
-    except ImportError: DBAPIError = StorageInternalError
-    return isinstance(e, (StorageInternalError, DBAPIError, ConnectionError, TimeoutError))
+    "Whether `e` is a study storage that did not answer (a connection refused or dropped), not a failed request."
+    try: from sqlalchemy import exc as sa
+    except ImportError: sa = None
+    for x in _causes(e):  # Optuna raises StorageInternalError from the SQLAlchemy error: look at what caused it
+        if isinstance(x, (ConnectionError, TimeoutError)): return True
+        if sa and (isinstance(x, (sa.OperationalError, sa.InterfaceError))
+                   or isinstance(x, sa.DBAPIError) and x.connection_invalidated): return True
+    return False
 
 # %% ../nbs/11a_study.ipynb #77af6bd2
 def retry_storage(fn, *args, outage:float=600, **kwargs):

@@ -155,25 +155,18 @@ def test_values_logged_with_a_step_prune_trailing_trials(project):
 
 def test_a_killed_worker_loses_no_completed_trial_and_leaves_nothing_running(project):
     "Issue 9's done-when: 2 workers on a research notebook, one killed mid-trial; the budget is finished and the record is whole."
-    import os, signal, subprocess, time
+    import os, signal, subprocess
     from conftest import mlkit_cmd
-    from test_tune import journal_study, study_trials, wait_for
+    from test_tune import fresh_claim, journal_study, wait_for
     d, env = project
     write_research(d / "research.ipynb", params="alpha = 1.0\ndepth = 3\nlabel = 'x'\nimport time; time.sleep(0.7)")
     proc = subprocess.Popen(mlkit_cmd("tune", "research.ipynb", "--space", "space.yaml", "--metric", "rmse", "--direction",
                                       "minimize", "--n-trials", "8", "--workers", "2"), cwd=d, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     name = "mlkit-research-tune"
-    def fresh_claim():
-        "A trial claimed a moment ago by a worker that already finished one."
-        trials = study_trials(d, name)
-        done = {t.number for t in trials if t.state.name == "COMPLETE"}
-        worked = {t.system_attrs.get("mlkit:heartbeat", {}).get("worker") for t in trials if t.number in done}
-        fresh = [t for t in trials if t.state.name == "RUNNING" and t.system_attrs.get("mlkit:heartbeat", {}).get("worker") in worked
-                 and time.time() - t.datetime_start.timestamp() < 0.4]
-        return (fresh[0], done) if fresh else None
     try:
-        victim, complete_before = wait_for(fresh_claim, proc=proc, timeout=240, what="a worker claiming its second trial")
+        victim, complete_before = wait_for(lambda: fresh_claim(d, name, within=0.4), proc=proc, timeout=240,
+                                           what="a worker claiming its second trial")
         os.kill(victim.system_attrs["mlkit:heartbeat"]["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
