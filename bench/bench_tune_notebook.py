@@ -73,7 +73,7 @@ def profile(n:int, out:str="/tmp/bench_tune_notebook.prof"):
     with tempfile.TemporaryDirectory() as t:
         d = Path(t); research(d / "research.ipynb", work_s=0.0); (d / "space.yaml").write_text(SPACE)
         os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db", OMP_NUM_THREADS="1"); os.chdir(d)
-        from mlkit.notebook_tune import tune_notebook
+        from mlkit.notebook_search import tune_notebook
         def search(trials:int, experiment:str|None=None):
             tune_notebook("research.ipynb", space="space.yaml", experiment=experiment, in_process=True, progress=False,
                           sets=["search.metric=rmse", "search.direction=minimize", f"search.n_trials={trials}"])

@@ -135,7 +135,7 @@ def cli_tune(args) -> int:
     workers, model_name = 1 if args.workers is None else args.workers, None
     try:
         if getattr(args, "notebook", None):  # a notebook of your own, over its declared parameters
-            from mlkit.notebook_tune import tune_notebook
+            from mlkit.notebook_search import tune_notebook
             res = tune_notebook(args.notebook, params=args.params, sets=args.set, experiment=args.experiment, workers=workers,
                                 space=getattr(args, "space", None))
         else:

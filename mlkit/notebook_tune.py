@@ -4,22 +4,19 @@
 
 # %% ../nbs/11d_notebooks.ipynb #e98ddaf0
 from __future__ import annotations
-import gc, json, os, signal, socket, subprocess, sys, threading, time
-from dataclasses import dataclass
+import gc, json, os, signal, socket, sys, threading, time
 from pathlib import Path
 from typing import Any, Literal
 from fastcore.basics import patch
 from pydantic import Field
-from .core import ConfigError, TuneError, limit_threads, redact
-from .config import Section, load_params
+from .core import ConfigError, TuneError, limit_threads
+from .config import Section
 from .search import SearchSpec, StudyParams, _check_budget, _check_spec, make_sampler, make_step_pruner, suggest_config
-from .study import redact_url
-from .workers import STORAGE_ENV, AsyncLogger, _THREAD_ENV, _trial_tags, log_trial_run, open_study, work_on_study
-from .tune import TuneResult, _Search, _log_best, _open_search, _shown_params, _stop_on_signals, run_search
+from .workers import AsyncLogger, _trial_tags, log_trial_run, open_study, work_on_study
 
 # %% auto #0
 __all__ = ['NotebookSearchParams', 'NotebookTuneParams', 'check_notebook_search', 'load_space', 'report_step',
-           'run_notebook_worker', 'NotebookWorkers', 'best_command', 'tune_notebook']
+           'run_notebook_worker']
 
 # %% ../nbs/11d_notebooks.ipynb #815ea986
 class NotebookSearchParams(StudyParams):
@@ -90,7 +87,6 @@ def load_space(path:str|Path) -> dict:
                                              + f"; --space takes a YAML file mapping the notebook's parameters to ranges, {example}") from None
     if not doc: raise TuneError(f"search space file '{path}' is empty; map some of the notebook's parameters to ranges, {example}")
     return doc
-
 
 # %% ../nbs/11d_notebooks.ipynb #aa57e9c1
 _TRIAL: dict = {}  # the trial whose cells run in this process now: trial, metric, warmup, steps, pruned
@@ -257,170 +253,3 @@ def _worker_main(spec_path:str) -> None:
     if os.getppid() != spec.pop("parent_pid"): sys.exit("error: mlkit tune ended before this worker started")
     out = run_notebook_worker(**spec)
     Path(spec_path).with_suffix(".summary.json").write_text(json.dumps(out))
-
-# %% ../nbs/11d_notebooks.ipynb #12f38927
-class NotebookWorkers:
-    "N worker processes running `run_notebook_worker`; `errors[label]`: None, or why that worker failed."
-    def __init__(self, n:int, *, spec:dict, out_dir:Path, label:str, env:dict|None=None):
-        self.out_dir, self.labels, self.procs = Path(out_dir), [f"{label}-{i}" for i in range(n)], {}
-        self.env = {**os.environ, **{k: "1" for k in _THREAD_ENV}, **(env or {})}
-        self.errors, seed = {l: None for l in self.labels}, spec.get("sampler_seed") or 0
-        self.specs = {l: {**spec, "worker_id": l, "sampler_seed": seed + i, "parent_pid": os.getpid()}
-                      for i, l in enumerate(self.labels)}
-    def running(self) -> bool: return any(p.poll() is None for p in self.procs.values())
-
-# %% ../nbs/11d_notebooks.ipynb #761cd521
-@patch
-def start(self:NotebookWorkers) -> NotebookWorkers:
-    "Start the worker processes, each in its own session, its output in `<label>.log`."
-    for label, spec in self.specs.items():
-        path = self.out_dir / f"{label}.json"; path.write_text(json.dumps(spec))
-        with open(self.out_dir / f"{label}.log", "ab") as log:
-            self.procs[label] = subprocess.Popen([sys.executable, "-c", _WORKER, str(path)], env=self.env, cwd=os.getcwd(),
-                                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                                 start_new_session=True)
-    return self
-
-# %% ../nbs/11d_notebooks.ipynb #edb16c7b
-def _exit_reason(code:int, log:Path) -> str:
-    "Why a worker process ended: the signal that killed it, or the last line of its log."
-    if code < 0: return f"killed by {signal.Signals(-code).name}"
-    lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()] if log.exists() else []
-    return (lines[-1] if lines else f"exit status {code}")[:500]
-
-# %% ../nbs/11d_notebooks.ipynb #94a4dc39
-@patch
-def dead(self:NotebookWorkers) -> set:
-    "Labels of the workers that ended with an error; `errors[label]` says why."
-    for label, p in self.procs.items():
-        if p.poll() not in (None, 0) and self.errors[label] is None:
-            self.errors[label] = _exit_reason(p.returncode, self.out_dir / f"{label}.log")
-    return {l for l, e in self.errors.items() if e}
-
-# %% ../nbs/11d_notebooks.ipynb #5ae3a46f
-@patch
-def stop(self:NotebookWorkers, kill:bool=False, timeout:float=30.0) -> None:
-    "Wait for the workers to end; with `kill`, SIGKILL them (and what they started) first."
-    for p in self.procs.values():
-        if kill and p.poll() is None:
-            try: os.killpg(p.pid, signal.SIGKILL)  # the worker leads its own session
-            except (ProcessLookupError, PermissionError): p.kill()
-        try: p.wait(timeout if kill else None)
-        except subprocess.TimeoutExpired: pass
-
-# %% ../nbs/11d_notebooks.ipynb #cf186b39
-@dataclass
-class _NotebookSearch(_Search):
-    "What one call of `tune_notebook` works on: a search whose trials are executions of a notebook."
-    nb_path: Path|None = None  # the notebook
-    resolved: Any = None       # `runner.resolve_parameters` of its fixed parameters
-    steps_as = None            # the notebook logs its own steps
-    worker_files = "*.log"
-    @property
-    def value_key(self) -> str: return self.metric
-    @property
-    def best_key(self) -> str: return f"best_{self.metric}"
-
-# %% ../nbs/11d_notebooks.ipynb #5019b2b0
-@patch
-def start_run(self:_NotebookSearch, *, workers:int) -> str:
-    "Create the parent run — the notebook's lineage, the search's parameters — and make it this process's active run."
-    import mlflow
-    from mlkit.config import flatten_params
-    from mlkit.record import create_run
-    from mlkit.runner import _run_tags
-    tags = {**_run_tags(self.nb_path, self.resolved, "inprocess"), "mlkit.pipeline": "tune", "mlkit.runner": "tune",
-            "mlkit.study": self.name, "mlkit.storage": redact_url(self.url), "mlkit.workers": str(workers),
-            "mlkit.objective": f"{self.direction} {self.metric}"}
-    params = {k: redact(v) for k, v in flatten_params(_shown_params(self)).items()}
-    self.run_id = create_run(experiment=self.resolved.experiment, tags=tags, params=params,
-                             run_name=f"tune-{self.nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    mlflow.start_run(run_id=self.run_id)
-    return self.run_id
-
-# %% ../nbs/11d_notebooks.ipynb #5b7a3432
-@patch
-def work_here(self:_NotebookSearch, label:str) -> None:
-    "Run the trials in this process as worker `label`; the search's run steps aside while each trial's run is active."
-    import mlflow
-    mlflow.end_run("RUNNING")
-    try: run_notebook_worker(notebook=str(self.nb_path), study_name=self.name, params=self.params, storage=self.url,
-                             worker_id=label, parent_run_id=self.run_id, deadline=self.deadline, sampler_seed=self.seed,
-                             stop=self.check)
-    finally: mlflow.start_run(run_id=self.run_id)
-
-# %% ../nbs/11d_notebooks.ipynb #afc2f96a
-@patch
-def make_pool(self:_NotebookSearch, workers:int) -> NotebookWorkers:
-    "`workers` worker processes of this search, not started; the storage URL goes by their environment."
-    spec = dict(notebook=str(self.nb_path), study_name=self.name, params=_shown_params(self).model_dump(mode="json"),
-                parent_run_id=self.run_id, deadline=self.deadline, sampler_seed=self.seed, storage=None)
-    return NotebookWorkers(workers, spec=spec, out_dir=self.out_dir, label=self.run_id[:8], env={STORAGE_ENV: self.url})
-
-# %% ../nbs/11d_notebooks.ipynb #137f559e
-def _cli_value(v) -> str:
-    "`v` as `--set` reads it back (YAML): JSON, with a float's exponent written so that YAML 1.1 reads a float."
-    if isinstance(v, str): return v
-    s = json.dumps(v)
-    return s.replace("e", ".0e", 1) if isinstance(v, float) and "e" in s and "." not in s else s
-
-def best_command(nb_path:Path, parameters:dict) -> str:
-    "The `mlkit run` command that runs the notebook at `nb_path` with `parameters`."
-    import shlex
-    shown = os.path.relpath(nb_path) if Path(nb_path).resolve().is_relative_to(Path.cwd()) else str(nb_path)
-    return " ".join(["mlkit run", shlex.quote(shown), *(f"--set {shlex.quote(f'{k}={_cli_value(v)}')}"
-                                                        for k, v in parameters.items())])
-
-# %% ../nbs/11d_notebooks.ipynb #cba6fb6a
-@patch
-def summarize(self:_NotebookSearch, counts:dict, worker_errors:dict) -> TuneResult:
-    "The result; the best trial (see `_log_best`) and the `mlkit run` command of its configuration go to the parent run."
-    import mlflow
-    from mlkit import tracking
-    res = _log_best(self, counts, worker_errors)
-    if res.best_trial is None: return res
-    res.command = best_command(self.nb_path, {**self.params.parameters, **res.best_params})
-    mlflow.set_tag("mlkit.best_command", res.command)
-    tracking.log_json({"trial": res.best_trial, "value": res.best_value, "params": res.best_params,
-                       "fixed": self.params.parameters, "command": res.command}, "tune/best.json")
-    return res
-
-# %% ../nbs/11d_notebooks.ipynb #95598583
-def _prepare_notebook_search(notebook, *, params, sets, experiment, output_dir, stop, space=None) -> _NotebookSearch:
-    "Check the notebook and its search (`space`: a file or mapping replacing `search.space`), then create or continue the study."
-    from mlkit.runner import notebook_parameters, read_notebook, resolve_notebook, resolve_parameters
-    if not str(notebook).endswith(".ipynb"):
-        raise TuneError(f"`mlkit tune` takes a notebook of your own (a .ipynb file), got '{notebook}'; for the built-in "
-                        "search over estimators run `mlkit tune -p params/tune.yaml`")
-    path = resolve_notebook(str(notebook)); nb = read_notebook(path)
-    raw = params.model_dump(mode="json") if isinstance(params, NotebookTuneParams) else params
-    if space is not None:
-        from mlkit.config import read_yaml
-        raw = dict(read_yaml(raw) if isinstance(raw, (str, Path)) else raw or {})
-        raw["search"] = {**raw.get("search", {}), "space": space if isinstance(space, dict) else load_space(space)}
-    p = load_params(NotebookTuneParams, raw, sets, experiment=experiment)
-    declared = notebook_parameters(nb)
-    if not declared: raise TuneError(f"notebook '{path.name}' has no cell tagged 'parameters', so nothing can be searched; "
-                                     "tag the cell holding its parameters (JupyterLab: property inspector → cell tags)")
-    objective = check_notebook_search(p, declared=declared)
-    r = resolve_parameters(path, params=p.parameters, experiment=p.experiment, nb=nb)
-    return _open_search(_NotebookSearch, p, name=f"{r.experiment}-{path.stem}-tune", objective=objective,
-                        output_dir=output_dir, stop=stop, data=None, nb_path=path, resolved=r)
-
-# %% ../nbs/11d_notebooks.ipynb #b0b1a3e7
-def tune_notebook(notebook:str|Path,            # the notebook (.ipynb) whose parameters are searched
-                  *, params=None,               # YAML params file or mapping (`NotebookTuneParams`), or the params
-                  sets=(),                      # `key=value` overrides (search.n_trials=8, parameters.n_rows=500, ...)
-                  space=None,                   # search space YAML file or mapping (replaces `search.space`)
-                  experiment:str|None=None,     # MLflow experiment (default: params, else the notebook's, else 'mlkit')
-                  workers:int=1,                # parallel worker processes
-                  in_process:bool=False,        # run the trials in this process instead (one worker)
-                  progress:bool=True,           # print progress lines to stderr
-                  output_dir:str|Path|None=None, # keep the workers' specs, logs and summaries here (default: a temp folder)
-                 ) -> TuneResult:
-    "Run (or continue) a search over `notebook`'s parameters as one MLflow run with a nested run per trial."
-    with _stop_on_signals() as stop:
-        if not isinstance(workers, int) or workers < 1: raise TuneError(f"--workers must be at least 1, got {workers}")
-        s = _prepare_notebook_search(notebook, params=params, sets=sets, experiment=experiment, output_dir=output_dir,
-                                     stop=stop, space=space)
-        return run_search(s, workers=workers, in_process=in_process, progress=progress)
