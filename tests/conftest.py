@@ -121,3 +121,16 @@ def pytest_collection_modifyitems(config, items):
             if (g and first == f"@{g}") or (not first.startswith("@") and key.startswith(first)): return i
         return len(LONGEST_FIRST)
     items.sort(key=rank)   # stable: collection order within each rank
+
+
+@pytest.fixture(autouse=True)
+def _no_process_wide_experiment():
+    """`mlflow.set_experiment` is process-wide (a module global and $MLFLOW_EXPERIMENT_ID) and outlives the test that called it:
+    on a worker that ran test_security's crafted models first, test_monitor's store fixture started its runs in an experiment
+    id of another store ("No Experiment with id=2 exists"). Each test starts and ends with no experiment chosen."""
+    def clear():
+        import sys
+        fluent = sys.modules.get("mlflow.tracking.fluent")
+        if fluent is not None and getattr(fluent, "_active_experiment_id", None) is not None: fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None); os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+    clear(); yield; clear()

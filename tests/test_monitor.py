@@ -364,8 +364,8 @@ def test_the_job_records_into_the_callers_run_and_leaves_it_open(in_store, tmp_p
     import mlflow
     from mlkit.monitor import run_monitor
     make_credit_data(500, seed=8).to_csv(tmp_path / "b.csv", index=False)
-    mlflow.set_experiment("outer")
-    with mlflow.start_run() as outer:
+    from mlkit.tracking import ensure_experiment
+    with mlflow.start_run(experiment_id=ensure_experiment("outer")) as outer:   # no process-wide set_experiment: it outlives the test
         mlflow.log_params({"model": in_store["credit"]})                      # as a runner would have logged it already
         r = run_monitor(MonitorParams(model=in_store["credit"], input=str(tmp_path / "b.csv")))
         assert r.run_id == outer.info.run_id and mlflow.active_run().info.run_id == outer.info.run_id
@@ -380,7 +380,6 @@ def test_a_failing_step_leaves_the_run_failed_with_the_report(in_store, tmp_path
     from mlkit.monitor import run_monitor
     batch = _species_table(800, seed=4).assign(a=lambda d: d["a"] + 2)       # shifted: the alert triggers the retraining
     batch.to_csv(tmp_path / "labelled.csv", index=False)
-    mlflow.set_experiment("mlkit-monitor")
     with pytest.raises(MonitorError, match="needs a registered model"):
         run_monitor(MonitorParams(model=in_store["species"], input=str(tmp_path / "labelled.csv"), labels=str(tmp_path / "labelled.csv"),
                                   retrain=True))

@@ -116,8 +116,7 @@ def log_real(name:str, model, schema, X, y, declared=None):
 def log_crafted(folder:Path, name:str, *, extra=None):
     "Register `folder` as version of model `name` through plain MLflow (log_artifacts + register_model): no mlkit check runs."
     import mlflow
-    mlflow.set_experiment("crafted")
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("crafted")) as run:   # not set_experiment: process-wide
         mlflow.log_artifacts(str(folder), "model")
         for f in extra or (): mlflow.log_artifact(str(f))
     mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
