@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from fastcore.basics import patch
+from . import tracking
 from .core import TuneError, redact
 from .config import load_params
 from .study import redact_url
@@ -86,7 +87,6 @@ class _NotebookSearch(_Search):
 @patch
 def start_run(self:_NotebookSearch, *, workers:int) -> str:
     "Create the parent run — the notebook's lineage, the search's parameters — and make it this process's active run."
-    import mlflow
     from mlkit.config import flatten_params
     from mlkit.record import create_run
     from mlkit.runner import _run_tags
@@ -96,7 +96,7 @@ def start_run(self:_NotebookSearch, *, workers:int) -> str:
     params = {k: redact(v) for k, v in flatten_params(_shown_params(self)).items()}
     self.run_id = create_run(experiment=self.resolved.experiment, tags=tags, params=params,
                              run_name=f"tune-{self.nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    mlflow.start_run(run_id=self.run_id)
+    tracking.resume_run(self.run_id)
     return self.run_id
 
 # %% ../nbs/11e_notebook_search.ipynb #5b7a3432
@@ -108,7 +108,7 @@ def work_here(self:_NotebookSearch, label:str) -> None:
     try: run_notebook_worker(notebook=str(self.nb_path), study_name=self.name, params=self.params, storage=self.url,
                              worker_id=label, parent_run_id=self.run_id, deadline=self.deadline, sampler_seed=self.seed,
                              stop=self.check)
-    finally: mlflow.start_run(run_id=self.run_id)
+    finally: tracking.resume_run(self.run_id)
 
 # %% ../nbs/11e_notebook_search.ipynb #afc2f96a
 @patch

@@ -12,10 +12,10 @@ from .config import flatten_params, params_hash
 from .lineage import LINEAGE_PACKAGES, package_versions, git_info, lineage_tags
 
 # %% auto #0
-__all__ = ['HTTP_DEFAULTS', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'tracking_failure', 'check_server', 'attach',
-           'attached_run_id', 'detach', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run', 'log_params',
-           'log_metrics', 'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted', 'log_model',
-           'resolve_model', 'load_model_meta', 'load_sklearn_model']
+__all__ = ['HTTP_DEFAULTS', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'tracking_failure', 'check_server', 'resume_run',
+           'attach', 'attached_run_id', 'detach', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run',
+           'log_params', 'log_metrics', 'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted',
+           'log_model', 'resolve_model', 'load_model_meta', 'load_sklearn_model']
 
 # %% ../nbs/07_tracking.ipynb #b3e78177
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -100,6 +100,16 @@ def _refusal(uri:str, r) -> TrackingError:
     return TrackingError(f"{shown} answered HTTP {r.status_code} to an MLflow API call: is it an MLflow tracking server? "
                          "check MLFLOW_TRACKING_URI (scheme, host, port and any path prefix)")
 
+# %% ../nbs/07_tracking.ipynb #3f46d1a1
+def resume_run(run_id:str):
+    "`mlflow.start_run(run_id=run_id)`, also after `mlflow.set_experiment` chose another experiment in this process; returns the run."
+    import mlflow
+    try: return mlflow.start_run(run_id=run_id)
+    except mlflow.exceptions.MlflowException as e:   # a notebook's cell, an earlier job: the run's own experiment wins
+        if "active experiment ID" not in str(e): raise
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+        return mlflow.start_run(run_id=run_id)
+
 # %% ../nbs/07_tracking.ipynb #3f46d1a4
 _ATTACHED: list[str] = []   # the run `attach` made current in this process
 
@@ -110,11 +120,7 @@ def attach(run_id:str) -> str:
     active = mlflow.active_run()
     if active is None or active.info.run_id != run_id:
         while mlflow.active_run(): mlflow.end_run()
-        try: mlflow.start_run(run_id=run_id)
-        except mlflow.exceptions.MlflowException as e:   # `mlflow.set_experiment` chose another experiment in this process
-            if "active experiment ID" not in str(e): raise  # (a notebook's cell, an earlier job): the run's own one wins
-            mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-            mlflow.start_run(run_id=run_id)
+        resume_run(run_id)
     _ATTACHED[:] = [run_id]
     return run_id
 
@@ -160,7 +166,7 @@ def start_run(*, pipeline:str, params=None, experiment:str|None=None, run_id:str
     configure()
     attached = run_id or (attached_run_id() if not nested else None)
     if attached:
-        run = mlflow.active_run() if mlflow.active_run() and mlflow.active_run().info.run_id == attached else mlflow.start_run(run_id=attached)
+        run = mlflow.active_run() if mlflow.active_run() and mlflow.active_run().info.run_id == attached else resume_run(attached)
         if tags: set_tags(tags)
         return run
     exp = experiment or getattr(params, "experiment", None) or "mlkit"
