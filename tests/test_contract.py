@@ -78,9 +78,10 @@ def _gone(pid):
 @pytest.mark.parametrize("sig,engine", [(signal.SIGTERM, "kernel"), (signal.SIGHUP, "kernel"), (signal.SIGTERM, "inprocess")])
 def test_a_stopped_run_ends_killed_with_its_partial_notebook(tmp_path, sig, engine):
     p = _start(tmp_path, "--engine", engine)
-    _wait(lambda: (tmp_path / "started").exists() or p.poll() is not None, "the long cell to start")
+    started = tmp_path / "started"   # the cell writes its pid there: wait for the pid itself, not for the file to exist
+    _wait(lambda: (started.exists() and started.read_text().strip()) or p.poll() is not None, "the long cell to start")
     assert p.poll() is None, p.communicate()
-    cell_pid = int((tmp_path / "started").read_text())
+    cell_pid = int(started.read_text())
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 128 + sig, (p.returncode, err)
