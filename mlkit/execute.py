@@ -9,9 +9,9 @@ from pathlib import Path
 from .core import RunnerError
 
 # %% auto #0
-__all__ = ['ENGINES', 'NOTICE_PREFIXES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'ensure_kernel', 'KernelStart',
-           'KernelError', 'output_to', 'execute_in_process', 'execute_notebook', 'output_images', 'output_notices',
-           'relay_notices', 'summarize_error']
+__all__ = ['ENGINES', 'NOTICE_PREFIXES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'new_notebook', 'ensure_kernel',
+           'KernelStart', 'KernelError', 'output_to', 'execute_in_process', 'execute_notebook', 'output_images',
+           'output_notices', 'relay_notices', 'summarize_error']
 
 # %% ../nbs/08_execute.ipynb #8e0c0007
 class Terminated(KeyboardInterrupt):
@@ -48,6 +48,16 @@ def import_nbformat():
         finally: sys.modules.pop("rfc3987_syntax", None)
     import nbformat
     return nbformat
+
+# %% ../nbs/08_execute.ipynb #8e0c0a02
+def new_notebook(*cells:str, parameters:str|None=None, path:str|Path|None=None):
+    "A notebook of code `cells`, led by a `parameters`-tagged cell holding `parameters` if given; written to `path` if given."
+    nbformat = import_nbformat()
+    nb = nbformat.v4.new_notebook()
+    if parameters is not None: nb.cells.append(nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}))
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    if path is not None: nbformat.write(nb, str(path))
+    return nb
 
 # %% ../nbs/08_execute.ipynb #0361c0df
 def ensure_kernel(name:str="mlkit") -> str:

@@ -101,32 +101,7 @@ def report_step(metrics:dict, step:int|None) -> None:
         _TRIAL["pruned"] = f"pruned at step {step}: {_TRIAL['metric']} {value:.4f}"
         raise optuna.TrialPruned(_TRIAL["pruned"])
 
-# %% ../nbs/11d_notebooks.ipynb #65f543f3
-def _active_runs():
-    "This thread's stack of active MLflow runs (a list), or None if this MLflow keeps it elsewhere."
-    from mlflow.tracking import fluent
-    stack = getattr(fluent, "_active_run_stack", None)
-    return stack.get() if hasattr(stack, "get") else None
-
-def _activate(run) -> None:
-    "Make `run` (a `Run` just created, RUNNING) this thread's active MLflow run and mlkit's attached run, with no store call."
-    import mlflow
-    from mlflow.tracking import fluent
-    from mlkit import tracking
-    if _active_runs() is None: tracking.attach(run.info.run_id); return
-    while mlflow.active_run(): mlflow.end_run()  # as `attach` does
-    _active_runs().append(fluent.ActiveRun(run)); tracking._ATTACHED[:] = [run.info.run_id]
-
 # %% ../nbs/11d_notebooks.ipynb #b07f9117
-def _deactivate(run_id:str) -> None:
-    "Undo `_activate`: runs the cells left open end RUNNING (as `tracking.detach` ends them); run `run_id` is left untouched."
-    import mlflow
-    from mlkit import tracking
-    stack = _active_runs() or []
-    while stack and stack[-1].info.run_id != run_id: mlflow.end_run("RUNNING")
-    if stack: stack.pop()
-    tracking.detach()
-
 def _logged_value(client, run_id:str, key:str) -> float|None:
     "The latest value of metric `key` in run `run_id` (the one `get_run(...).data.metrics` shows), None if it was not logged."
     hist = client.get_metric_history(run_id, key)
@@ -188,13 +163,14 @@ def begin(self:_NotebookTrials, trial) -> dict:
 def evaluate(self:_NotebookTrials, trial) -> tuple[dict, float, float]:
     "(the objective as {metric: value}, its value, seconds the cells ran); `TrialPruned`, or `TuneError` with why it failed."
     import optuna
+    from mlkit import tracking
     from mlkit.execute import execute_in_process
     s, rid = self.p.search, self.ctx["run_id"]
     timeout = self.p.cell_timeout if threading.current_thread() is threading.main_thread() else None  # SIGALRM: main only
     _TRIAL.update(trial=trial, metric=s.metric, warmup=s.warmup_steps, steps=0, pruned=None)
-    _activate(self.run); t0 = time.perf_counter()
+    tracking.attach(rid, self.run); t0 = time.perf_counter()
     try: out, exc = execute_in_process(self.nb, parameters={**self.p.parameters, **self.values}, timeout=timeout)
-    finally: secs, _TRIAL["trial"] = time.perf_counter() - t0, None; _deactivate(rid)
+    finally: secs, _TRIAL["trial"] = time.perf_counter() - t0, None; tracking.detach(rid)
     value = None if exc or _TRIAL["pruned"] else _logged_value(self.client, rid, s.metric)
     why = None if _TRIAL["pruned"] else _failure(out, exc, timeout) if exc else None if value is not None else \
         _unlogged(self.client, rid, s.metric)

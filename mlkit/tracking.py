@@ -12,10 +12,11 @@ from .config import flatten_params, params_hash
 from .lineage import LINEAGE_PACKAGES, package_versions, git_info, lineage_tags
 
 # %% auto #0
-__all__ = ['HTTP_DEFAULTS', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'tracking_failure', 'check_server', 'resume_run',
-           'attach', 'attached_run_id', 'detach', 'under_runner', 'ensure_experiment', 'start_run', 'finish_run',
-           'log_params', 'log_metrics', 'set_tags', 'log_json', 'log_figures', 'pinned_requirements', 'check_trusted',
-           'log_model', 'resolve_model', 'load_model_meta', 'load_sklearn_model']
+__all__ = ['HTTP_DEFAULTS', 'MODEL_REQUIREMENTS', 'tracking_uri', 'configure', 'forget_experiment', 'use_store',
+           'tracking_failure', 'check_server', 'resume_run', 'attach', 'attached_run_id', 'detach', 'under_runner',
+           'ensure_experiment', 'start_run', 'finish_run', 'log_params', 'log_metrics', 'set_tags', 'log_json',
+           'log_figures', 'pinned_requirements', 'check_trusted', 'log_model', 'resolve_model', 'load_model_meta',
+           'load_sklearn_model']
 
 # %% ../nbs/07_tracking.ipynb #b3e78177
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -37,6 +38,21 @@ def configure() -> str:
         if redact(uri) != uri:  # MLflow prints "View run <uri>/#/..." links on stdout: they would show the password
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         check_server(uri)
+    return uri
+
+# %% ../nbs/07_tracking.ipynb #7a1e0c02
+def forget_experiment() -> None:
+    "Leave no MLflow experiment chosen in this process (MLflow's private `fluent._active_experiment_id`: its one home in mlkit)."
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None); os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+    fluent = sys.modules.get("mlflow.tracking.fluent")   # not imported: nothing was chosen
+    if fluent is not None: fluent._active_experiment_id = None
+
+def use_store(uri:str) -> str:
+    "Start afresh on MLflow store `uri` in this process: active runs end, no experiment stays chosen, MLflow points at `uri`."
+    import mlflow
+    while mlflow.active_run(): mlflow.end_run()   # in the store they were started in: the URI is switched after
+    forget_experiment()
+    os.environ["MLFLOW_TRACKING_URI"] = uri; mlflow.set_tracking_uri(uri)
     return uri
 
 # %% ../nbs/07_tracking.ipynb #c948d9d1
@@ -68,8 +84,7 @@ def tracking_failure(e:Exception, doing:str="talking to the tracking server") ->
     return None
 
 # %% ../nbs/07_tracking.ipynb #b08e4be2
-_CHECKED = set()
-
+_CHECKED = set()   # (uri, user, password and token hashes) checked in this process
 def check_server(uri:str|None=None, *, timeout:float=5.0) -> None:
     "One quick authenticated call to the tracking server at `uri`, no retries; TrackingError (one line) when it fails."
     from mlflow.utils.credentials import get_default_host_creds
@@ -113,14 +128,22 @@ def resume_run(run_id:str):
 # %% ../nbs/07_tracking.ipynb #3f46d1a4
 _ATTACHED: list[str] = []   # the run `attach` made current in this process
 
-def attach(run_id:str) -> str:
+def _run_stack() -> list|None:
+    "This thread's stack of active MLflow runs (MLflow's private `fluent._active_run_stack`), or None if MLflow moved it."
+    from mlflow.tracking import fluent
+    stack = getattr(fluent, "_active_run_stack", None)
+    return stack.get() if hasattr(stack, "get") else None
+
+def attach(run_id:str, run=None) -> str:
     "Make MLflow run `run_id` this process's active run (the runner's injected first cell calls this); returns it."
     import mlflow
     configure()
     active = mlflow.active_run()
     if active is None or active.info.run_id != run_id:
         while mlflow.active_run(): mlflow.end_run()
-        resume_run(run_id)
+        stack = _run_stack() if run is not None else None
+        if stack is not None: stack.append(mlflow.ActiveRun(run))   # `run`, just created: as it is, no store call
+        else: resume_run(run_id)
     _ATTACHED[:] = [run_id]
     return run_id
 
@@ -130,12 +153,15 @@ def attached_run_id() -> str|None:
     return _ATTACHED[0] if _ATTACHED else None
 
 # %% ../nbs/07_tracking.ipynb #5df81007
-def detach() -> None:
+def detach(run_id:str|None=None) -> None:
     "Forget the attached run (the runner calls this after an in-process execution); the run's status is left as it is."
-    import sys
     _ATTACHED.clear()
     mlflow = sys.modules.get("mlflow")
-    while mlflow is not None and mlflow.active_run(): mlflow.end_run(status="RUNNING")   # the runner sets the final status
+    if mlflow is None: return
+    stack = _run_stack() if run_id else None
+    while mlflow.active_run():
+        if stack and stack[-1].info.run_id == run_id: stack.pop()   # as `attach(run_id, run)` made it active: no store call
+        else: mlflow.end_run(status="RUNNING")                      # the runner sets the final status
 
 # %% ../nbs/07_tracking.ipynb #928a3c5c
 def under_runner() -> bool:
