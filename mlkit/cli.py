@@ -40,6 +40,12 @@ COMMANDS.update({
         (("pipeline",), dict(help="pipeline name")), _PARAMS, _SET),
     "pipelines": _cmd("mlkit.commands:cli_pipelines", "list the pipeline notebooks shipped with mlkit"),
     "kernel": _cmd("mlkit.commands:cli_kernel", "register the `mlkit` Jupyter kernel for this Python (done automatically by `mlkit run`)"),
+    "warm": _cmd("mlkit.commands:cli_warm", "start a warm process: later mlkit commands of this Python environment skip their ~7 s of "
+                  "imports (forked from it); stops itself when idle",
+        (("--stop",), dict(action="store_true", help="stop the warm process")),
+        (("--status",), dict(action="store_true", help="show whether it runs, since when, and how many commands it served")),
+        (("--idle",), dict(type=float, default=1800, help="stop after this many seconds without a command (default: 1800)")),
+        (("--foreground",), dict(action="store_true", help="be the warm process, in this terminal (default: start it in the background)"))),
     "new": _cmd("mlkit.commands:cli_new", "make a project of your own in mlkit's layout (notebooks, package, params, tests, CI) from the template shipped with mlkit, offline",
         (("path",), dict(metavar="PATH", help="the project's folder: new (it is created) or empty")),
         (("--package",), dict(help="Python package name (default: from the folder's name, e.g. churn-model → churn_model)"))),
@@ -180,9 +186,12 @@ def _call(handler:str, args) -> int:
 def main(argv=None) -> int:
     "Run the `mlkit` command; returns the exit code (user errors: their code, with a one-line message)."
     from mlkit.core import MlkitError
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+    command_line, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     set_thread_policy()
+    if command_line:   # typed as `mlkit ...`: the warm process runs it, when one is there for this environment
+        from mlkit.warm import forward
+        if (code := forward(argv)) is not None: return code
+    args = parse_args(argv)
     if args.show_version:
         from mlkit import __version__; print(__version__); return 0
     if not args.command: make_parser().print_help(); return 0

@@ -4,11 +4,11 @@
 
 # %% ../nbs/15a_commands.ipynb #c0ad0004
 from __future__ import annotations
-import sys
+import sys, time
 
 # %% auto #0
 __all__ = ['cli_run', 'cli_reproduce', 'cli_serve', 'cli_score', 'cli_demo_data', 'cli_runs', 'cli_promote', 'cli_rollback',
-           'cli_history', 'cli_monitor', 'cli_tune', 'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_new']
+           'cli_history', 'cli_monitor', 'cli_tune', 'cli_params', 'cli_pipelines', 'cli_kernel', 'cli_warm', 'cli_new']
 
 # %% ../nbs/15a_commands.ipynb #24b077db
 def cli_run(args) -> int:
@@ -172,6 +172,26 @@ def cli_kernel(args) -> int:
     "`mlkit kernel`: register the project's Jupyter kernel."
     from mlkit.execute import ensure_kernel
     print(f"kernel 'mlkit' → {sys.executable} ({ensure_kernel()})")
+    return 0
+
+# %% ../nbs/15a_commands.ipynb #7967e121
+def cli_warm(args) -> int:
+    "`mlkit warm [--stop | --status] [--idle SECONDS] [--foreground]`: this environment's warm process."
+    from mlkit import warm
+    if args.foreground:
+        from mlkit.cli import main
+        warm.serve_forever(main, idle=args.idle); return 0
+    if args.stop or args.status:
+        s = warm.stop() if args.stop else warm.status()
+        if s is None: print(f"no warm process for this environment ({warm.socket_path()})"); return 0 if args.stop else 1
+        age = time.time() - s["started"]
+        print(f"warm process {s['pid']}{' stopped' if args.stop else ''}: up {age:.0f} s, {s['served']} commands served, "
+              f"stops after {s['idle']:.0f} s idle" + (f"; not imported: {', '.join(s['failed'])}" if s["failed"] else ""))
+        return 0
+    t0, s = time.monotonic(), warm.start(idle=args.idle)
+    print(f"warm process {s['pid']} {'already running' if s.get('already') else f'ready in {time.monotonic() - t0:.1f} s'} "
+          f"({warm.socket_path()}): mlkit commands of this environment now start without their imports; "
+          f"`mlkit warm --stop` stops it, and it stops itself after {s['idle']:.0f} s idle")
     return 0
 
 # %% ../nbs/15a_commands.ipynb #c0ad0n02

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # thread per process, here and in every `mlkit` subprocess, avoids the spin-wait contention that makes model fits 20x slower.
 for _var in ("MLKIT_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+os.environ["MLKIT_WARM"] = "0"   # a developer's own `mlkit warm` never runs the suite's commands; tests/test_warm.py starts its own
 BIN = Path(sys.executable).parent
 
 
