@@ -8,6 +8,8 @@
   notebook    `mlkit run research.ipynb`, a notebook nobody wrote for mlkit (numpy, sklearn, autolog, log_metric, a figure)  vs  its
               cells as one Python process (store already created)  (goal: < 3 s, issue 9; < 2 s, issue 12)
   reused      a second identical `mlkit run train -p params/ci.yaml` in the same folder  (goal: < 2 s, pointing at the first run)
+  warm        the same `mlkit run train` in a new folder, through a warm process (`mlkit warm`, started once before the rounds: the
+              interactive loop)  vs  the same plain script (goal: ≤ 1.5×). Its CPU is the warm process's child's, not counted here.
 
 Medians over the rounds, ratios and differences, CPU seconds (user + sys of the command and its children) and the load average
 measured around each round. Usage: python bench/bench_run.py [ROUNDS] [--only train,notebook,...]
@@ -101,7 +103,11 @@ def main(rounds: int, only: set):
     tpl = work / "template"; tpl.mkdir()
     subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('sqlite:///{tpl}/mlflow.db').search_experiments()"],
                    check=True, capture_output=True)
-    res = {k: [] for k in ("script", "train", "cells", "reused", "nb_cells", "notebook")}
+    res = {k: [] for k in ("script", "train", "cells", "reused", "nb_cells", "notebook", "warm")}
+    warm_env = {"MLKIT_WARM": "1", "MLKIT_WARM_SOCKET": str(work / "warm.sock")}
+    if "warm" in only:   # the environment `timed` gives every command, so that the warm process's imports are theirs
+        subprocess.run([BIN / "mlkit", "warm", "--idle", "900"], env={**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", **warm_env},
+                       check=True, capture_output=True)
     cpu = {k: [] for k in res}
     loads = []
 
@@ -132,6 +138,8 @@ def main(rounds: int, only: set):
             steps.append(script)
         if "overhead" in only:
             steps.append(lambda i=i: [("cells", *timed([sys.executable, work / "train_cells.py"], new("cells", i, store=True))[:2])])
+        if "warm" in only:
+            steps.append(lambda i=i: [("warm", *timed([BIN / "mlkit", "run", "train", "-p", CI], new("warm", i), env=warm_env)[:2])])
         if "notebook" in only:
             def nb_pair(i=i):
                 d = new("nb", i); shutil.copy(work / "research.ipynb", d)
@@ -156,18 +164,21 @@ def main(rounds: int, only: set):
               + f"   {mcpu[cand]:6.2f}/" + (f"{mcpu[base]:.2f}s" if b else "-    ") + f"  {goal}: {'PASS' if ok else 'FAIL'}")
     if "train" in med and "script" in med:
         row("mlkit run train vs sklearn script", "train", "script", "≤ 1.5×", med["train"] <= 1.5 * med["script"])
+    if "warm" in med and "script" in med:
+        row("mlkit run train, warm, vs script", "warm", "script", "≤ 1.5×", med["warm"] <= 1.5 * med["script"])
     if "train" in med and "cells" in med:
         row("mlkit run train vs its cells", "train", "cells", "overhead < 2 s", med["train"] - med["cells"] < 2)
     if "notebook" in med:
         row("mlkit run research.ipynb vs cells", "notebook", "nb_cells", "overhead < 2 s (3 s)", med["notebook"] - med["nb_cells"] < 2)
     if "reused" in med:
         row("second identical mlkit run train", "reused", None, "< 2 s", med["reused"] < 2)
+    if "warm" in only: subprocess.run([BIN / "mlkit", "warm", "--stop"], env={**os.environ, **warm_env}, capture_output=True)
     print(json.dumps({"medians": med, "cpu": mcpu, "load": [min(loads), max(loads)], "all": res}, default=float), file=sys.stderr)
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    only = {"train", "overhead", "notebook", "reused"}
+    only = {"train", "overhead", "notebook", "reused", "warm"}
     if "--only" in args:
         only = set(args[args.index("--only") + 1].split(",")); del args[args.index("--only"):args.index("--only") + 2]
     main(int(args[0]) if args else 3, only)

@@ -5,13 +5,14 @@
 # %% ../nbs/00_core.ipynb #f763ebf8
 from __future__ import annotations
 import difflib, importlib.util, os, re
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 # %% auto #0
-__all__ = ['SECRET_ENV_VARS', 'MlkitError', 'ConfigError', 'DataError', 'ModelError', 'TrackingError', 'RunnerError',
-           'RegistryError', 'GateError', 'TuneError', 'ServeError', 'MonitorError', 'did_you_mean', 'redact',
-           'url_origin', 'package_dir', 'pipelines_dir', 'limit_threads']
+__all__ = ['SECRET_ENV_VARS', 'SMALL_TABLE_ROWS', 'MlkitError', 'ConfigError', 'DataError', 'ModelError', 'TrackingError',
+           'RunnerError', 'RegistryError', 'GateError', 'TuneError', 'ServeError', 'MonitorError', 'did_you_mean',
+           'redact', 'url_origin', 'package_dir', 'pipelines_dir', 'limit_threads', 'threads_for']
 
 # %% ../nbs/00_core.ipynb #dde78a30
 class MlkitError(Exception):
@@ -121,3 +122,13 @@ def limit_threads(n:int=1, # threads per process for OpenMP/BLAS pools
         threadpool_limits(n)
     except ImportError: pass
     return env
+
+# %% ../nbs/00_core.ipynb #181adb8d
+SMALL_TABLE_ROWS = 200_000
+
+@contextmanager
+def threads_for(n_rows:int):
+    "Context manager: one OpenMP thread for mlkit's fits on a table under SMALL_TABLE_ROWS rows, unless MLKIT_THREADS or OMP_NUM_THREADS chose."
+    if n_rows >= SMALL_TABLE_ROWS or os.environ.get("MLKIT_THREADS") or os.environ.get("OMP_NUM_THREADS"): yield; return
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1, user_api="openmp"): yield

@@ -145,9 +145,9 @@ def _fetch_in_helper(uri:str, folder:str) -> dict:
 
 # %% ../nbs/12c_runtime.ipynb #26d28ba8
 def load_served_model(uri:str, *, unseen:str="pipeline", overlap:bool=False) -> ServedModel:
-    "Load the model at `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) as a `ServedModel`; `overlap`: MLflow in a helper process."
+    "Load the model at `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) as a `ServedModel`; `overlap`: MLflow in a helper process, unless already imported."
     import shutil, tempfile
-    if not overlap:
+    if not overlap or "mlflow" in sys.modules:   # already imported (a warm process's child): a helper would only cost
         from mlkit.tracking import load_model_meta, load_sklearn_model
         meta = load_model_meta(uri)
         pipe = load_sklearn_model(f"models:/{meta['name']}/{meta['version']}" if meta.get("version") else uri)

@@ -135,12 +135,14 @@ def train_model(params,                 # TrainParams (model, features, evaluate
                 data:TrainingData,      # from `prepare_training_data`
                ) -> FittedModelLog:
     "Build, cross-validate, fit and log the model `params` describe on `data`, in the current run; registers it when `model_name` is set."
+    from mlkit.core import threads_for
     from mlkit.models import make_model
     pipe = make_model(data.schema, task=data.task, model=params.model, features=params.features, seed=params.seed, sample=data.X_train)
-    cv = mev.cross_validate_model(pipe, data.X_train, data.y_train, task=data.task, folds=params.evaluate.cv_folds, seed=params.seed)
-    tracking.log_metrics(cv)
-    pipe.fit(data.X_train, data.y_train)
-    res = log_fitted_model(pipe, X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test, schema=data.schema,
-                           task=data.task, evaluate=params.evaluate, primary=data.primary, seed=params.seed, model_name=params.model_name)
+    with threads_for(len(data.X_train) + len(data.X_test)):   # one OpenMP thread for a small table (see mlkit.core)
+        cv = mev.cross_validate_model(pipe, data.X_train, data.y_train, task=data.task, folds=params.evaluate.cv_folds, seed=params.seed)
+        tracking.log_metrics(cv)
+        pipe.fit(data.X_train, data.y_train)
+        res = log_fitted_model(pipe, X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test, schema=data.schema,
+                               task=data.task, evaluate=params.evaluate, primary=data.primary, seed=params.seed, model_name=params.model_name)
     res.cv = cv
     return res
