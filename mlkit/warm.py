@@ -19,9 +19,9 @@ class WarmError(MlkitError):
 # %% ../nbs/14d_warm.ipynb #4998abde
 def socket_path() -> Path:
     "The socket of this environment's warm process: $MLKIT_WARM_SOCKET, else one per venv in $XDG_RUNTIME_DIR or ~/.cache/mlkit."
-    if os.environ.get("MLKIT_WARM_SOCKET"): return Path(os.environ["MLKIT_WARM_SOCKET"])
+    if os.environ.get("MLKIT_WARM_SOCKET"): return Path(os.environ["MLKIT_WARM_SOCKET"]).absolute()
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".cache" / "mlkit")
-    return base / f"mlkit-warm-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]}.sock"
+    return (base / f"mlkit-warm-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]}.sock").absolute()
 
 # %% ../nbs/14d_warm.ipynb #d70a5809
 IMPORT_TIME_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "BLIS_", "VECLIB_", "NUMEXPR_", "PYTHON", "LD_", "MPLBACKEND",
@@ -33,7 +33,7 @@ def fingerprint(env=None) -> dict:
     def mtime(p):
         try: return os.stat(p).st_mtime_ns
         except OSError: return None
-    code = max((mtime(p) or 0) for p in package_dir().glob("*.py"))
+    code = hashlib.sha1(" ".join(f"{p.name}:{mtime(p)}" for p in sorted(package_dir().glob("*.py"))).encode()).hexdigest()
     return {"python": sys.executable, "path": sys.path, "folders": {p: mtime(p) for p in sys.path if p.endswith("-packages")},
             "mlkit": code, "env": {k: v for k, v in sorted(env.items()) if k.startswith(IMPORT_TIME_ENV)}}
 
@@ -76,7 +76,9 @@ def _receive(conn, maxfds:int=0) -> tuple[dict|None, list[int]]:
         fds += got
         if not data: return None, fds
         buf += data
-    return json.loads(buf), fds
+    msg = json.loads(buf)
+    if not isinstance(msg, dict): raise ValueError(f"expected a JSON object, got {type(msg).__name__}")
+    return msg, fds
 
 # %% ../nbs/14d_warm.ipynb #3ca395b9
 def _become(req:dict, fds:list[int]) -> None:
@@ -154,7 +156,10 @@ def _answer(conn, state:dict, run, close=()) -> str|None:
     "Answer one connection; 'stop' when the warm process should end."
     req, fds = _receive(conn, maxfds=3)
     op = (req or {}).get("op")
-    why = mismatch(state["fingerprint"], req.get("fingerprint", {})) if op == "run" else None
+    why = None
+    if op == "run":
+        shape = {"argv": list, "cwd": str, "env": dict, "fingerprint": dict}
+        why = next((f"a malformed request (no {k})" for k, t in shape.items() if not isinstance(req.get(k), t)), None) or               mismatch(state["fingerprint"], req["fingerprint"])
     if op == "run" and not why:
         sys.stdout.flush(); sys.stderr.flush()
         if os.fork() == 0: _child(conn, req | {"set_by_imports": state["set_by_imports"]}, fds, run, close)
@@ -162,7 +167,8 @@ def _answer(conn, state:dict, run, close=()) -> str|None:
     elif op == "run": _send(conn, {"refused": why})
     elif op in ("status", "stop"): _send(conn, {k: v for k, v in state.items() if k not in ("fingerprint", "set_by_imports")})
     for fd in fds: os.close(fd)
-    stale = why and "changed since" in why
+    now = fingerprint() if why and "changed since" in why else state["fingerprint"]   # the caller's word, checked here
+    stale = (now["mlkit"], now["folders"]) != (state["fingerprint"]["mlkit"], state["fingerprint"]["folders"])
     return "stop" if op == "stop" or stale else None
 
 # %% ../nbs/14d_warm.ipynb #16bb8796
@@ -175,6 +181,8 @@ def serve_forever(run, *, path:Path|None=None, idle:float=1800) -> None:
                  threads=threading.active_count())
     state["set_by_imports"] = {k: v for k, v in os.environ.items() if k not in before}   # e.g. scikit-learn's KMP_* defaults
     srv, last = _bind(path), time.monotonic()
+    os.chdir("/")   # pin no folder; each child moves to its caller's
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # `kill` ends it like --stop: the socket goes (children keep running)
     print(f"warm: listening at {path} (pid {os.getpid()}, {len(sys.modules)} modules)", flush=True)
     try:
         while time.monotonic() - last < idle:
@@ -188,7 +196,7 @@ def serve_forever(run, *, path:Path|None=None, idle:float=1800) -> None:
             with conn:
                 if _caller_uid(conn) != os.getuid(): continue
                 try: verdict = _answer(conn, state, run, close=(srv, lock))
-                except (OSError, ValueError) as e: print(f"warm: a request failed: {e}", flush=True); verdict = None
+                except (OSError, ValueError, TypeError, KeyError) as e: print(f"warm: a request failed: {e!r}", flush=True); verdict = None
             if verdict == "stop": break
     finally:
         path.unlink(missing_ok=True); srv.close(); lock.close()
@@ -211,7 +219,9 @@ def forward(argv:list[str]) -> int|None:
         if not first or "pid" not in first:
             if first: print(f"note: {first['refused']}: running without the warm process", file=sys.stderr)
             return None
-        relay = lambda signum, _: _send(conn, {"signal": signum})
+        def relay(signum, _):
+            try: _send(conn, {"signal": signum})
+            except OSError: pass   # the child is gone already: its exit (or EOF) is on the way
         old = {s: signal.signal(s, relay) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
         try: last = _receive(conn)[0]
         finally:

@@ -125,3 +125,12 @@ def test_it_stops_when_idle_and_when_mlkit_changes(tmp_path):
     assert r.returncode == 0 and "mlkit's code changed since the warm process started" in r.stderr
     _wait(lambda: not w["sock"].exists(), "the stale warm process to stop", timeout=60)
     assert run_mlkit("warm", "--status", env=w["env"]).returncode == 1
+
+
+@pytest.mark.parametrize("garbage", [b"not json\n", b"[1, 2]\n", b'{"op": "run"}\n', b""])
+def test_a_malformed_request_leaves_the_warm_process_serving(warm, garbage):
+    import socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(warm["sock"])); s.sendall(garbage); s.shutdown(socket.SHUT_WR)
+        s.recv(1 << 16)                                      # whatever it answers, or nothing: it closes
+    assert W.status(warm["sock"])["pid"] > 0 and run_mlkit("pipelines", env=warm["env"]).returncode == 0
