@@ -246,19 +246,23 @@ def stop(path:Path|None=None, timeout:float=30) -> dict|None:
     while path.exists() and time.monotonic() < end: time.sleep(0.05)
     return msg
 
-# %% ../nbs/14d_warm.ipynb #389a2f2a
+# %% ../nbs/14d_warm.ipynb #c9b35e4d
 def start(*, idle:float=1800, path:Path|None=None, timeout:float=180) -> dict:
     "Start this environment's warm process in the background and wait until it answers; its status."
     import subprocess
     path = Path(path or socket_path())
     if (s := status(path)) is not None: return s | {"already": True}
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = path.with_name(path.name + ".log")
     exe = Path(sys.executable).with_name("mlkit")
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "import sys; from mlkit.cli import main; sys.exit(main())"]
-    with open(log, "w") as out:
-        p = subprocess.Popen([*cmd, "warm", "--foreground", "--idle", str(idle)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                             start_new_session=True, env=os.environ | {"MLKIT_WARM_SOCKET": str(path)})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(log, "w") as out:
+            p = subprocess.Popen([*cmd, "warm", "--foreground", "--idle", str(idle)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True, env=os.environ | {"MLKIT_WARM_SOCKET": str(path)})
+    except OSError as e:
+        raise WarmError(f"cannot use {path.parent} for the warm process's socket ({e.strerror}); set MLKIT_WARM_SOCKET to a path in a "
+                        "folder you can write") from None
     end = time.monotonic() + timeout
     while (s := status(path)) is None:
         if p.poll() is not None or time.monotonic() > end:
