@@ -235,7 +235,7 @@ _CHAR_IN = 0.075   # inches per character of a 10-point tick label, on average
 def _figure(size=(5, 4), *, left_chars:int=6, bottom_chars:int=0):
     "A new free-standing (non-pyplot) figure and its axes, with margins fitted to `left_chars` y-tick and `bottom_chars` rotated x-tick characters."
     from matplotlib.figure import Figure
-    fig = Figure(figsize=size)   # fixed margins: a layout engine would draw every figure twice (0.6 s of a training run)
+    fig = Figure(figsize=size)   # fixed margins: a layout engine would draw every figure twice (about 0.25 s of a CI-sized training run)
     w, h = size
     fig.subplots_adjust(left=min(0.6, (0.35 + _CHAR_IN * left_chars) / w), right=1 - 0.15 / w,
                         bottom=min(0.5, (0.5 + 0.5 * _CHAR_IN * bottom_chars) / h), top=1 - 0.35 / h)

@@ -57,7 +57,7 @@ def preload(names=PRELOAD) -> dict[str, str]:
     "Import `names` and every mlkit module; the ones that failed, with why."
     import importlib, pkgutil, mlkit
     failed = {}
-    for name in [*names, *(f"mlkit.{m.name}" for m in pkgutil.iter_modules(mlkit.__path__) if m.name not in ("_modidx",))]:
+    for name in [*names, *(f"mlkit.{m.name}" for m in pkgutil.iter_modules(mlkit.__path__) if m.name != "_modidx")]:
         try: importlib.import_module(name)
         except Exception as e: failed[name] = f"{type(e).__name__}: {e}"
     return failed
@@ -152,6 +152,11 @@ def _bind(path:Path) -> socket.socket:
 def _caller_uid(conn) -> int:
     return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
 
+def _changed(fp:dict) -> bool:
+    "Whether mlkit's code or the installed packages changed since `fp` was taken (checked here, not taken from a caller)."
+    now = fingerprint()
+    return (now["mlkit"], now["folders"]) != (fp["mlkit"], fp["folders"])
+
 def _answer(conn, state:dict, run, close=()) -> str|None:
     "Answer one connection; 'stop' when the warm process should end."
     req, fds = _receive(conn, maxfds=3)
@@ -167,9 +172,7 @@ def _answer(conn, state:dict, run, close=()) -> str|None:
     elif op == "run": _send(conn, {"refused": why})
     elif op in ("status", "stop"): _send(conn, {k: v for k, v in state.items() if k not in ("fingerprint", "set_by_imports")})
     for fd in fds: os.close(fd)
-    now = fingerprint() if why and "changed since" in why else state["fingerprint"]   # the caller's word, checked here
-    stale = (now["mlkit"], now["folders"]) != (state["fingerprint"]["mlkit"], state["fingerprint"]["folders"])
-    return "stop" if op == "stop" or stale else None
+    return "stop" if op == "stop" or (why and _changed(state["fingerprint"])) else None   # a refusal: is this process stale?
 
 # %% ../nbs/14d_warm.ipynb #16bb8796
 def serve_forever(run, *, path:Path|None=None, idle:float=1800) -> None:

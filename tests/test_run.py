@@ -251,3 +251,33 @@ def test_help_answers_without_heavy_imports():
         r = subprocess.run(mlkit_cmd(*sub, "--help"), capture_output=True, text=True)
         assert r.returncode == 0 and "usage: mlkit" in r.stdout, r.stderr
     assert "--n-trials" in subprocess.run(mlkit_cmd("tune", "--help"), capture_output=True, text=True).stdout   # generated from the schema
+
+
+THREADS_SPY = r'''
+import json, sys
+from threadpoolctl import threadpool_info
+import mlkit.evaluate as mev
+from mlkit.cli import main
+omp = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]
+seen, real = [], mev.cross_validate_model
+def spy(*a, **k): seen.append(omp()); return real(*a, **k)
+mev.cross_validate_model = spy   # what train_model calls, with the threads it was given
+code = main(["run", "train", "-p", sys.argv[1], "--set", "model_name=null", "--force"])
+print(json.dumps({"code": code, "during": seen, "after": omp()}))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="one core: one OpenMP thread either way")
+def test_training_a_small_table_uses_one_openmp_thread_unless_the_user_chose(tmp_path):
+    import os, subprocess, sys
+    free = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MLKIT_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    def run(env):
+        r = subprocess.run([sys.executable, "-c", THREADS_SPY, str(ROOT / "params" / "ci.yaml")], cwd=tmp_path, capture_output=True,
+                           text=True, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    small = run(free)
+    assert small["code"] == 0 and small["during"] == [[1]] and small["after"] == [os.cpu_count()], small   # 2,000 rows: one thread
+    chosen = run({**free, "OMP_NUM_THREADS": "2"})
+    assert chosen["during"] == [[2]], chosen                                                                   # the user's choice stands
