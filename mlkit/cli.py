@@ -169,8 +169,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 # %% ../nbs/15_cli.ipynb #d0a2a7ac
 def set_thread_policy() -> None:
-    "OpenMP threads sleep instead of spinning when idle (see `mlkit.core`); `MLKIT_THREADS=n` caps native thread pools (inherited by kernels)."
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    "OpenMP threads of mlkit's jobs sleep instead of spinning when idle (see `mlkit.core`); `MLKIT_THREADS=n` caps native thread pools (inherited by kernels)."
+    from mlkit.core import set_passive_wait
+    set_passive_wait()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in job logs
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     n = os.environ.get("MLKIT_THREADS")

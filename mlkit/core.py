@@ -12,7 +12,8 @@ from urllib.parse import quote
 # %% auto #0
 __all__ = ['SECRET_ENV_VARS', 'SMALL_TABLE_ROWS', 'MlkitError', 'ConfigError', 'DataError', 'ModelError', 'TrackingError',
            'RunnerError', 'RegistryError', 'GateError', 'TuneError', 'ServeError', 'MonitorError', 'did_you_mean',
-           'redact', 'url_origin', 'package_dir', 'pipelines_dir', 'limit_threads', 'threads_for']
+           'redact', 'url_origin', 'package_dir', 'pipelines_dir', 'set_passive_wait', 'kernel_env', 'limit_threads',
+           'threads_for']
 
 # %% ../nbs/00_core.ipynb #dde78a30
 class MlkitError(Exception):
@@ -107,7 +108,17 @@ def pipelines_dir() -> Path:
     return package_dir() / "pipelines"
 
 # %% ../nbs/00_core.ipynb #49ce3b73
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_MLKIT_WAIT = "MLKIT_SET_OMP_WAIT_POLICY"   # marks that the policy below is mlkit's choice, not the user's
+
+def set_passive_wait() -> None:
+    "OpenMP threads of this process (and its helpers) sleep instead of spinning, unless the user chose `OMP_WAIT_POLICY`."
+    if "OMP_WAIT_POLICY" not in os.environ: os.environ.update({"OMP_WAIT_POLICY": "PASSIVE", _MLKIT_WAIT: "1"})
+
+def kernel_env() -> dict:
+    "This process's environment for a notebook's kernel: OpenMP's wait policy as the user left it, not mlkit's choice for its jobs."
+    env = dict(os.environ)
+    if env.pop(_MLKIT_WAIT, None): env.pop("OMP_WAIT_POLICY", None)
+    return env
 
 # %% ../nbs/00_core.ipynb #6ba53e58
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")

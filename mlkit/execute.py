@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, queue, signal, sys, threading, time, uuid
 from pathlib import Path
-from .core import RunnerError
+from .core import RunnerError, kernel_env
 
 # %% auto #0
 __all__ = ['ENGINES', 'NOTICE_PREFIXES', 'Terminated', 'stop_on_signals', 'import_nbformat', 'new_notebook', 'ensure_kernel',
@@ -86,7 +86,7 @@ class KernelStart:
         try:
             ensure_kernel(self.name)
             km = KernelManager(kernel_name=self.name)
-            with open(self.log_path, "ab") as log: km.start_kernel(stdout=log, stderr=log, cwd=cwd)
+            with open(self.log_path, "ab") as log: km.start_kernel(stdout=log, stderr=log, cwd=cwd, env=kernel_env())
             self.km = km
         except Exception as e: self.error = e   # reported by wait()
         finally: self._started.set()

@@ -281,3 +281,21 @@ def test_training_a_small_table_uses_one_openmp_thread_unless_the_user_chose(tmp
     assert small["code"] == 0 and small["during"] == [[1]] and small["after"] == [os.cpu_count()], small   # 2,000 rows: one thread
     chosen = run({**free, "OMP_NUM_THREADS": "2"})
     assert chosen["during"] == [[2]], chosen                                                                   # the user's choice stands
+
+
+@pytest.mark.slow
+def test_a_notebook_kernel_gets_the_users_openmp_wait_policy_not_mlkits(tmp_path):
+    "mlkit's own process waits passively; your notebook's kernel keeps the policy you left (none, or yours), even after `import mlkit`."
+    import os, subprocess
+    from conftest import mlkit_cmd
+    cells = ["out = 'policy.json'", "import json, os\nbefore = os.environ.get('OMP_WAIT_POLICY')\nimport mlkit, mlkit.record\n"
+             "json.dump([before, os.environ.get('OMP_WAIT_POLICY')], open(out, 'w'))"]
+    (tmp_path / "mine.ipynb").write_text(_notebook(cells))
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "MLKIT_SET_OMP_WAIT_POLICY")}
+    base["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    def seen(env, out):
+        r = subprocess.run(mlkit_cmd("run", "mine.ipynb", "--set", f"out={out}"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads((tmp_path / out).read_text())
+    assert seen(base, "unset.json") == [None, None]                                         # as in JupyterLab
+    assert seen({**base, "OMP_WAIT_POLICY": "PASSIVE"}, "chosen.json") == ["PASSIVE", "PASSIVE"]   # the user's choice stands
